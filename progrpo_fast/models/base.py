@@ -1,0 +1,96 @@
+"""The model interface the sampler and trainer need: a denoiser with its text conditioning.
+
+Adapters over diffusers pipelines implement it (``progrpo_fast.models.sd3`` etc.). Conditioning is
+a dict of tensors whose first dimension is the row (prompt or trajectory), so the sampler can
+repeat it per trajectory and compact it in place with the other per-row state; CFG's negative
+embeddings are rows of the same dict, which keeps each CFG pair together through pruning.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Protocol
+
+import torch
+
+
+class Denoiser(Protocol):
+    kind: str  # "flow" (predicts v = eps - x0, sigma from 1 to 0) or "diffusion" (predicts eps)
+    device: torch.device
+    dtype: torch.dtype
+
+    def encode(self, prompts: list[str]) -> dict[str, torch.Tensor]:
+        """Per-prompt conditioning, each tensor (P, ...), CFG negatives included."""
+
+    def latent_shape(self) -> tuple[int, int, int]:
+        """(C, H, W) of one latent."""
+
+    def schedule(self, num_steps: int) -> dict[str, torch.Tensor]:
+        """Step schedule: "timesteps" (T,) fed to the network, and "sigmas" (T+1,) for flow models
+        or "alphas", "alphas_prev" (T,) for diffusion models, fp32 on the device."""
+
+    def predict(self, latents: torch.Tensor, timestep: torch.Tensor, cond: dict[str, torch.Tensor]) -> torch.Tensor:
+        """fp32 network output (B, C, H, W) for fp32 latents, guidance applied."""
+
+    def decode(self, latents: torch.Tensor) -> torch.Tensor:
+        """Latents (B, C, H, W) -> fp32 images (B, 3, H', W') in [0, 1]."""
+
+
+def repeat_rows(cond: dict[str, torch.Tensor], repeats: int) -> dict[str, torch.Tensor]:
+    """Per-prompt conditioning -> per-trajectory rows (each prompt's rows consecutive)."""
+    return {name: value.repeat_interleave(repeats, 0) for name, value in cond.items()}
+
+
+class PipelineDenoiser:
+    """Shared part of the diffusers adapters: holds the pipeline, its device and dtype, the
+    guidance scale, and decodes latents with the pipeline's VAE."""
+
+    pipeline_class = None  # the diffusers pipeline class an adapter wraps
+
+    def __init__(self, pipe, guidance_scale: float):
+        if not isinstance(guidance_scale, (int, float)) or guidance_scale < 0:
+            raise ValueError(f"guidance_scale must be a float >= 0 (<= 1 disables CFG), got {guidance_scale!r}")
+        self.pipe = pipe
+        self.guidance_scale = float(guidance_scale)
+        self.device = pipe._execution_device
+        self.dtype = self.network.dtype
+
+    @property
+    def cfg(self) -> bool:
+        return self.guidance_scale > 1
+
+    @classmethod
+    def from_pretrained(cls, path, *, device="cpu", dtype=torch.float32, **adapter_kwargs):
+        """Loads the pipeline from a local diffusers folder (model_index.json + parts)."""
+        if not (Path(path) / "model_index.json").is_file():
+            raise ValueError(
+                f"model path {str(path)!r} is not a local diffusers pipeline folder (no model_index.json); "
+                "download the model once with `huggingface-cli download` or `pipe.save_pretrained(path)` and pass that folder"
+            )
+        index = json.loads((Path(path) / "model_index.json").read_text())
+        absent = {name: None for name, value in index.items() if isinstance(value, list) and value[0] is None}  # e.g. SD3 without T5
+        pipe = cls.pipeline_class.from_pretrained(str(path), dtype=dtype, local_files_only=True, **absent)
+        return cls(pipe.to(device), **adapter_kwargs)
+
+    def guide(self, output: torch.Tensor) -> torch.Tensor:
+        """Classifier-free guidance on a [negative; positive] batch: u + g (c - u), in fp32."""
+        output = output.float()
+        if not self.cfg:
+            return output
+        uncond, cond = output.chunk(2)
+        return uncond + self.guidance_scale * (cond - uncond)
+
+    def doubled(self, latents: torch.Tensor) -> torch.Tensor:
+        latents = latents.to(self.dtype)
+        return torch.cat([latents, latents]) if self.cfg else latents
+
+    def pair(self, cond: dict[str, torch.Tensor], name: str) -> torch.Tensor:
+        """The network's batch of conditioning ``name``: [negative; positive] under CFG."""
+        return torch.cat([cond["negative_" + name], cond[name]]) if self.cfg else cond[name]
+
+    @torch.no_grad()
+    def decode(self, latents: torch.Tensor) -> torch.Tensor:
+        vae = self.pipe.vae
+        scaled = latents / vae.config.scaling_factor + (getattr(vae.config, "shift_factor", None) or 0.0)
+        images = vae.decode(scaled.to(vae.dtype), return_dict=False)[0]
+        return (images.float() / 2 + 0.5).clamp(0, 1)

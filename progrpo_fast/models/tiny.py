@@ -1,0 +1,90 @@
+"""Tiny random-weight diffusers pipelines (SD3, FLUX, SD1.x) built from configs, for tests and
+for timing code paths without downloads. A word-level tokenizer stands in for CLIP's and T5's."""
+from __future__ import annotations
+
+import torch
+
+WORDS = "a an the red green blue yellow circle circles square squares triangle triangles one two three left right of above below photo cat dog".split()
+
+
+def word_level_tokenizer(words=WORDS, max_length: int = 12):
+    """A transformers PreTrainedTokenizerFast over ``words`` (lower-cased, whitespace split) that
+    adds <bos>/<eos>, pads with <pad> and maps other words to <unk>: the call and batch_decode API
+    the stock diffusers pipelines use. Ids: <pad> 0, <unk> 1, <bos> 2, <eos> 3, then ``words``."""
+    from tokenizers import Tokenizer, normalizers, pre_tokenizers, processors
+    from tokenizers.models import WordLevel
+    from transformers import PreTrainedTokenizerFast
+
+    specials = ["<pad>", "<unk>", "<bos>", "<eos>"]
+    vocab = {token: i for i, token in enumerate(specials + list(dict.fromkeys(words)))}
+    core = Tokenizer(WordLevel(vocab, unk_token="<unk>"))
+    core.normalizer = normalizers.Lowercase()
+    core.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    core.post_processor = processors.TemplateProcessing(single="<bos> $A <eos>", special_tokens=[("<bos>", 2), ("<eos>", 3)])
+    return PreTrainedTokenizerFast(tokenizer_object=core, pad_token="<pad>", unk_token="<unk>", bos_token="<bos>",
+                                   eos_token="<eos>", model_max_length=max_length)
+
+
+def clip_text_encoder(tokenizer, hidden: int = 32, projection: int | None = 16, layers: int = 2, seed: int = 0):
+    """A tiny CLIPTextModel (projection None) or CLIPTextModelWithProjection whose pooled output
+    reads the <eos> position."""
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
+
+    config = CLIPTextConfig(vocab_size=len(tokenizer), hidden_size=hidden, intermediate_size=2 * hidden, num_hidden_layers=layers,
+                            num_attention_heads=4, max_position_embeddings=tokenizer.model_max_length, projection_dim=projection or hidden,
+                            pad_token_id=tokenizer.pad_token_id, bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id)
+    torch.manual_seed(seed)
+    return (CLIPTextModelWithProjection if projection else CLIPTextModel)(config).eval()
+
+
+def tiny_vae(latent_channels: int = 4, seed: int = 0, shift_factor: float | None = None):
+    """AutoencoderKL 16 px -> 8 px (vae_scale_factor 2)."""
+    from diffusers import AutoencoderKL
+
+    torch.manual_seed(seed)
+    return AutoencoderKL(in_channels=3, out_channels=3, down_block_types=("DownEncoderBlock2D",) * 2, up_block_types=("UpDecoderBlock2D",) * 2,
+                         block_out_channels=(8, 16), layers_per_block=1, latent_channels=latent_channels, norm_num_groups=4, sample_size=16,
+                         scaling_factor=0.5, shift_factor=shift_factor).eval()
+
+
+def tiny_sd3_pipeline(seed: int = 0):
+    from diffusers import FlowMatchEulerDiscreteScheduler, SD3Transformer2DModel, StableDiffusion3Pipeline
+
+    tokenizer = word_level_tokenizer()
+    torch.manual_seed(seed)
+    transformer = SD3Transformer2DModel(sample_size=8, patch_size=2, in_channels=4, out_channels=4, num_layers=2, attention_head_dim=8,
+                                        num_attention_heads=4, joint_attention_dim=64, caption_projection_dim=32, pooled_projection_dim=32,
+                                        pos_embed_max_size=8).eval()
+    return StableDiffusion3Pipeline(
+        transformer=transformer, scheduler=FlowMatchEulerDiscreteScheduler(shift=3.0), vae=tiny_vae(seed=seed, shift_factor=0.1),
+        text_encoder=clip_text_encoder(tokenizer, seed=seed), tokenizer=tokenizer,
+        text_encoder_2=clip_text_encoder(tokenizer, seed=seed + 1), tokenizer_2=tokenizer, text_encoder_3=None, tokenizer_3=None,
+    )
+
+
+def tiny_flux_pipeline(seed: int = 0, guidance_embeds: bool = True):
+    from diffusers import FlowMatchEulerDiscreteScheduler, FluxPipeline, FluxTransformer2DModel
+    from transformers import T5Config, T5EncoderModel
+
+    tokenizer = word_level_tokenizer()
+    torch.manual_seed(seed)
+    transformer = FluxTransformer2DModel(patch_size=1, in_channels=16, num_layers=1, num_single_layers=1, attention_head_dim=8,
+                                         num_attention_heads=2, joint_attention_dim=32, pooled_projection_dim=32,
+                                         guidance_embeds=guidance_embeds, axes_dims_rope=(2, 2, 4)).eval()
+    t5 = T5EncoderModel(T5Config(vocab_size=len(tokenizer), d_model=32, d_kv=8, d_ff=64, num_layers=1, num_heads=4)).eval()
+    scheduler = FlowMatchEulerDiscreteScheduler(use_dynamic_shifting=True, base_image_seq_len=16, max_image_seq_len=256)
+    return FluxPipeline(scheduler=scheduler, vae=tiny_vae(seed=seed, shift_factor=0.1), text_encoder=clip_text_encoder(tokenizer, projection=None, seed=seed),
+                        tokenizer=tokenizer, text_encoder_2=t5, tokenizer_2=tokenizer, transformer=transformer)
+
+
+def tiny_sd1_pipeline(seed: int = 0):
+    from diffusers import DDIMScheduler, StableDiffusionPipeline, UNet2DConditionModel
+
+    tokenizer = word_level_tokenizer()
+    torch.manual_seed(seed)
+    unet = UNet2DConditionModel(sample_size=8, in_channels=4, out_channels=4, block_out_channels=(8, 16), layers_per_block=1,
+                                down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"), up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+                                cross_attention_dim=32, norm_num_groups=4, attention_head_dim=4).eval()
+    scheduler = DDIMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", clip_sample=False, set_alpha_to_one=False, steps_offset=1)
+    return StableDiffusionPipeline(vae=tiny_vae(seed=seed), text_encoder=clip_text_encoder(tokenizer, projection=None, seed=seed), tokenizer=tokenizer,
+                                   unet=unet, scheduler=scheduler, safety_checker=None, feature_extractor=None, requires_safety_checker=False)
