@@ -38,6 +38,8 @@ def ovf_select(scores: torch.Tensor, k: int) -> torch.Tensor:
     total = s1[:, low] + s1[:, n:] - s1[:, high]
     total_sq = s2[:, low] + s2[:, n:] - s2[:, high]
     var = total_sq / k - (total / k).square()
+    if k == 1:  # every single value has variance 0: take the first split exactly, not by rounding noise
+        var = torch.zeros_like(var)
     best = var.argmax(1, keepdim=True)
     pos = torch.arange(n, device=scores.device)
     keep = (pos < best) | (pos >= n - k + best)
