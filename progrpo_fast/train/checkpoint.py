@@ -1,0 +1,212 @@
+"""Checkpoints: atomic, verified, keep-last-N; plus capture/restore of every RNG a run uses.
+
+On disk, per checkpoint: ``step-{step:08d}.pt`` (torch.save of the state dict) and
+``step-{step:08d}.pt.sha256`` (its digest, ``sha256sum`` format). Each is written to a hidden
+temporary file in the same folder, fsynced and renamed into place (os.replace is atomic), data
+first. The sidecar is the commit record: a data file without one is an interrupted save, and a
+crash before a rename leaves only a hidden temporary file, which no reader looks at (the next
+save deletes it). So a visible, verified checkpoint is always whole. One writer per folder
+(rank 0) is assumed.
+
+States must hold tensors and plain Python containers and scalars only: they are read back with
+``torch.load(weights_only=True)``; ``capture_rng_state`` keeps to that.
+"""
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import random
+import re
+import uuid
+from pathlib import Path
+
+import numpy as np
+import torch
+
+__all__ = ["CheckpointStore", "CorruptCheckpointError", "capture_rng_state", "restore_rng_state"]
+
+logger = logging.getLogger(__name__)
+
+CHECKPOINT_NAME = re.compile(r"^step-(\d{8,})\.pt$")
+TEMPORARY_PREFIX = ".tmp-"
+CHUNK_BYTES = 1 << 20
+
+
+class CorruptCheckpointError(RuntimeError):
+    """A checkpoint file that is incomplete, modified or unreadable."""
+
+
+class _HashingWriter:
+    """File-like sink for torch.save that hashes the bytes as they are written."""
+
+    def __init__(self, file):
+        self.file, self.sha256 = file, hashlib.sha256()
+
+    def write(self, data) -> int:
+        self.sha256.update(data)
+        return self.file.write(data)
+
+    def flush(self) -> None:
+        self.file.flush()
+
+
+def _fsync_directory(directory: Path) -> None:
+    """Makes renames in ``directory`` durable (a no-op where directories cannot be opened)."""
+    if not hasattr(os, "O_DIRECTORY"):
+        return
+    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _sha256_of(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(CHUNK_BYTES):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+class CheckpointStore:
+    """``save(step, state)``, ``load(step)``, ``latest()`` over the checkpoints in ``directory``,
+    keeping the ``keep_last`` newest (by step) on disk."""
+
+    def __init__(self, directory: str | os.PathLike, keep_last: int = 3):
+        if not isinstance(keep_last, int) or isinstance(keep_last, bool) or keep_last < 1:
+            raise ValueError(f"keep_last must be an int >= 1, got {keep_last!r}")
+        self.directory, self.keep_last = Path(directory), keep_last
+
+    def path(self, step: int) -> Path:
+        return self.directory / f"step-{step:08d}.pt"
+
+    @staticmethod
+    def checksum_path(path: Path) -> Path:
+        return path.with_name(path.name + ".sha256")
+
+    def steps(self) -> list[int]:
+        """Steps of the checkpoint data files present, ascending (verified or not)."""
+        if not self.directory.is_dir():
+            return []
+        matches = (CHECKPOINT_NAME.match(p.name) for p in self.directory.iterdir())
+        return sorted(int(m.group(1)) for m in matches if m)
+
+    # ------------------------------------------------------------------ writing
+    def _write_atomically(self, target: Path, write):
+        """Runs ``write(file)`` on a temporary file beside ``target``, fsyncs it and renames it onto
+        ``target``; returns what ``write`` returned. The temporary file never survives an error."""
+        temporary = target.with_name(f"{TEMPORARY_PREFIX}{target.name}.{os.getpid()}.{uuid.uuid4().hex}")
+        try:
+            with open(temporary, "xb") as f:
+                result = write(f)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(temporary, target)
+        except BaseException:
+            temporary.unlink(missing_ok=True)
+            raise
+        _fsync_directory(self.directory)
+        return result
+
+    def save(self, step: int, state: dict) -> Path:
+        """Writes the checkpoint of ``step`` (data, then its sha256 sidecar, each atomically) and
+        prunes the oldest beyond ``keep_last``, never the one just written. Returns its path."""
+        if not isinstance(step, int) or isinstance(step, bool) or step < 0:
+            raise ValueError(f"step must be a non-negative int, got {step!r}")
+        self.directory.mkdir(parents=True, exist_ok=True)
+        self._remove_temporaries()
+        path = self.path(step)
+
+        def write_state(f) -> str:
+            sink = _HashingWriter(f)
+            torch.save(state, sink)
+            return sink.sha256.hexdigest()
+
+        digest = self._write_atomically(path, write_state)
+        self._write_atomically(self.checksum_path(path), lambda f: f.write(f"{digest}  {path.name}\n".encode()))
+        self._prune(keep=step)
+        return path
+
+    def _remove_temporaries(self) -> None:
+        """Deletes what interrupted saves left behind."""
+        for leftover in self.directory.glob(f"{TEMPORARY_PREFIX}*"):
+            leftover.unlink(missing_ok=True)
+
+    def _prune(self, keep: int) -> None:
+        others = [s for s in self.steps() if s != keep]
+        for step in others[: max(0, len(others) - (self.keep_last - 1))]:
+            path = self.path(step)
+            self.checksum_path(path).unlink(missing_ok=True)
+            path.unlink(missing_ok=True)
+        for sidecar in self.directory.glob("step-*.pt.sha256"):
+            if not sidecar.with_suffix("").exists():
+                sidecar.unlink(missing_ok=True)
+
+    # ------------------------------------------------------------------ reading
+    def load(self, step: int) -> dict:
+        """The state saved at ``step``, verified; CorruptCheckpointError says what is wrong."""
+        path = self.path(step)
+        if not path.is_file():
+            available = ", ".join(map(str, self.steps())) or "none"
+            raise FileNotFoundError(f"no checkpoint {path} (steps present: {available})")
+        sidecar = self.checksum_path(path)
+        if not sidecar.is_file():
+            raise CorruptCheckpointError(f"checkpoint {path} has no checksum file {sidecar.name}: its save was interrupted")
+        expected = sidecar.read_text(encoding="ascii", errors="replace").split(maxsplit=1)
+        if not expected or not re.fullmatch(r"[0-9a-f]{64}", expected[0]):
+            raise CorruptCheckpointError(f"checkpoint {path}: checksum file {sidecar.name} holds no sha256 digest")
+        actual = _sha256_of(path)
+        if actual != expected[0]:
+            raise CorruptCheckpointError(
+                f"checkpoint {path} is corrupted: sha256 {actual} of its {path.stat().st_size} bytes does not match "
+                f"{expected[0]} recorded in {sidecar.name} (truncated or modified after saving)")
+        try:
+            return torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as err:
+            raise CorruptCheckpointError(f"checkpoint {path} matches its checksum but torch.load failed: {err}") from err
+
+    def latest(self) -> tuple[int, dict] | None:
+        """(step, state) of the newest checkpoint that verifies, None when there is none; every
+        newer one that does not verify is skipped with a logged warning saying why."""
+        for step in reversed(self.steps()):
+            try:
+                return step, self.load(step)
+            except CorruptCheckpointError as err:
+                logger.warning("%s; falling back to an earlier checkpoint", err)
+        return None
+
+
+# ---------------------------------------------------------------------------------------- RNG
+def capture_rng_state() -> dict:
+    """The state of every RNG a run draws from: torch CPU (and each CUDA device when available),
+    Python ``random`` and NumPy's global generator, in torch.load(weights_only=True)-safe types."""
+    bit_generator, keys, position, has_gauss, cached_gaussian = np.random.get_state()
+    state = {
+        "torch": torch.get_rng_state(),
+        "python": random.getstate(),
+        "numpy": {"bit_generator": bit_generator, "keys": torch.from_numpy(keys.astype(np.int64)),
+                  "position": int(position), "has_gauss": int(has_gauss), "cached_gaussian": float(cached_gaussian)},
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def restore_rng_state(state: dict) -> None:
+    """Restores what ``capture_rng_state`` captured. CUDA states are restored on the devices both
+    runs have; a mismatch in device count is logged."""
+    torch.set_rng_state(state["torch"])
+    version, internal, gauss_next = state["python"]
+    random.setstate((version, tuple(internal), gauss_next))
+    numpy = state["numpy"]
+    np.random.set_state((numpy["bit_generator"], numpy["keys"].numpy().astype(np.uint32), numpy["position"],
+                         numpy["has_gauss"], numpy["cached_gaussian"]))
+    saved_cuda = state.get("cuda") or []
+    devices = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    if len(saved_cuda) != devices and saved_cuda:
+        logger.warning("the checkpoint holds CUDA RNG states of %d device(s) and this process sees %d: restoring the first %d",
+                       len(saved_cuda), devices, min(devices, len(saved_cuda)))
+    for index, cuda_state in enumerate(saved_cuda[:devices]):
+        torch.cuda.set_rng_state(cuda_state, index)

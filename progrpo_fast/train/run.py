@@ -1,0 +1,187 @@
+"""Builds a training run from a Config and runs it: model, reward, prompts, trainer, checkpoints,
+logs (JSONL always; TensorBoard / W&B when enabled and installed), progress bar, reward curve."""
+from __future__ import annotations
+
+import json
+import random
+import time
+from pathlib import Path
+
+import torch
+
+from progrpo_fast.train.checkpoint import CheckpointStore
+from progrpo_fast.train.trainer import Distributed, Trainer, iteration_seed, write_jsonl
+
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def build_model(model_cfg, device=None):
+    """A Denoiser adapter for config.model (the shipped shapes model by default)."""
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    dtype = DTYPES[model_cfg.dtype]
+    common = {"guidance_scale": model_cfg.guidance_scale, "resolution": model_cfg.resolution}
+    if model_cfg.kind == "shapes":
+        from progrpo_fast.models import shapes_model
+        from progrpo_fast.models.sd3 import SD3Denoiser
+
+        pipe = shapes_model.load_shapes_pipeline(model_cfg.path or shapes_model.SHAPES_MODEL_DIR, device=device, dtype=dtype)
+        return SD3Denoiser(pipe, resolution=model_cfg.resolution or shapes_model.RESOLUTION, guidance_scale=model_cfg.guidance_scale,
+                           max_sequence_length=model_cfg.max_sequence_length or shapes_model.T5_TOKENS)
+    if model_cfg.kind == "sd3":
+        from progrpo_fast.models.sd3 import SD3Denoiser as adapter
+
+        common["max_sequence_length"] = model_cfg.max_sequence_length or 256
+    elif model_cfg.kind == "flux":
+        from progrpo_fast.models.flux import FluxDenoiser as adapter
+
+        common["max_sequence_length"] = model_cfg.max_sequence_length or 512
+    else:
+        from progrpo_fast.models.sd1 import SD1Denoiser as adapter
+    model = adapter.from_pretrained(model_cfg.path, device=device, dtype=dtype, **common)
+    if model_cfg.attention == "xformers":
+        model.pipe.enable_xformers_memory_efficient_attention()
+    return model
+
+
+def build_reward(config):
+    from progrpo_fast.rewards import WeightedReward, build_reward as make
+
+    rewards = {}
+    for name in config.reward.weights:
+        kwargs = {}
+        if name in config.reward.paths:
+            kwargs["path"] = config.reward.paths[name]
+        if name == "http":
+            kwargs["url"] = config.reward.http_url
+        rewards[name] = make(name, **kwargs)
+    return WeightedReward(dict(config.reward.weights), rewards)
+
+
+def build_prompts(config):
+    """prompts(iteration, rank, count): the shapes task's caption sampler or a prompt file,
+    drawn with replacement by a generator keyed by (seed, iteration, rank)."""
+    seed = config.train.seed
+    if config.prompts.source == "shapes":
+        from progrpo_fast.tasks import caption, sample_scene
+
+        def shapes_prompts(iteration, rank, count):
+            gen = torch.Generator().manual_seed(iteration_seed(seed, iteration, 100 + rank))
+            return [caption(sample_scene(gen)) for _ in range(count)]
+
+        return shapes_prompts
+    lines = [line.strip() for line in Path(config.prompts.source).read_text().splitlines() if line.strip()]
+    if not lines:
+        raise ValueError(f"prompts.source={config.prompts.source!r} holds no prompt (one per line expected)")
+
+    def file_prompts(iteration, rank, count):
+        rng = random.Random(iteration_seed(seed, iteration, 100 + rank))
+        return [rng.choice(lines) for _ in range(count)]
+
+    return file_prompts
+
+
+class Loggers:
+    """JSONL always; TensorBoard and W&B when enabled and installed (a clear note otherwise)."""
+
+    def __init__(self, config, out_dir: Path, resume: bool):
+        self.jsonl = out_dir / "log.jsonl"
+        if not resume and self.jsonl.exists():
+            self.jsonl.unlink()
+        self.tensorboard = self.wandb = None
+        if config.log.tensorboard:
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+
+                self.tensorboard = SummaryWriter(str(out_dir / "tensorboard"))
+            except ImportError:
+                print("[progrpo-fast] log.tensorboard=true but tensorboard is not installed: pip install tensorboard")
+        if config.log.wandb:
+            try:
+                import wandb
+
+                self.wandb = wandb.init(project="progrpo-fast", config=config.to_dict(), dir=str(out_dir))
+            except ImportError:
+                print("[progrpo-fast] log.wandb=true but wandb is not installed: pip install wandb")
+
+    def log(self, metrics: dict) -> None:
+        write_jsonl(self.jsonl, metrics)
+        step = metrics["iteration"]
+        scalars = {k: v for k, v in metrics.items() if isinstance(v, (int, float)) and v is not None}
+        if self.tensorboard is not None:
+            for key, value in scalars.items():
+                self.tensorboard.add_scalar(key, value, step)
+        if self.wandb is not None:
+            self.wandb.log(scalars, step=step)
+
+    def close(self) -> None:
+        if self.tensorboard is not None:
+            self.tensorboard.close()
+        if self.wandb is not None:
+            self.wandb.finish()
+
+
+def plot_reward_curve(jsonl: Path, out_png: Path) -> Path | None:
+    """reward_mean per iteration from the JSONL log -> PNG (None when matplotlib is missing)."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        print("[progrpo-fast] matplotlib is not installed: no reward-curve PNG (pip install matplotlib)")
+        return None
+    records = [json.loads(line) for line in jsonl.read_text().splitlines() if line.strip()]
+    its = [r["iteration"] for r in records]
+    fig, ax = plt.subplots(figsize=(6, 3.5), dpi=120)
+    ax.plot(its, [r["reward_mean"] for r in records], label="survivors' mean reward")
+    ax.set_xlabel("iteration")
+    ax.set_ylabel("reward")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(out_png)
+    plt.close(fig)
+    return out_png
+
+
+def train(config, resume: bool = False, model=None, reward=None) -> dict:
+    """Runs config.train.iterations iterations (continuing from the newest valid checkpoint with
+    ``resume``); returns a summary with the first and last iterations' metrics."""
+    from tqdm import tqdm
+
+    dist = Distributed.from_environment()
+    out_dir = Path(config.log.out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    model = model or build_model(config.model)
+    reward = reward or build_reward(config)
+    trainer = Trainer(config, model, reward, build_prompts(config), dist)
+    store = CheckpointStore(out_dir / "checkpoints", config.log.keep_last)
+    if resume:
+        found = store.latest()
+        if found is None:
+            print(f"[progrpo-fast] --resume: no checkpoint in {store.directory}, starting from iteration 0")
+        else:
+            trainer.load_state_dict(found[1])
+            print(f"[progrpo-fast] resumed from iteration {trainer.iteration} ({store.directory})")
+    main_rank = dist.rank == 0
+    loggers = Loggers(config, out_dir, resume) if main_rank else None
+    bar = tqdm(total=config.train.iterations, initial=trainer.iteration, disable=not (config.log.progress and main_rank),
+               desc="Pro-GRPO", unit="it")
+    history, started = [], time.perf_counter()
+    while trainer.iteration < config.train.iterations:
+        metrics = trainer.train_iteration()
+        history.append(metrics)
+        if main_rank:
+            loggers.log(metrics)
+            bar.set_postfix(reward=f"{metrics['reward_mean']:.3f}", kl=f"{metrics['kl']:.2e}",
+                            steps_per_s=f"{metrics['trajectory_steps_per_s']:.0f}")
+            bar.update(1)
+            due = trainer.iteration % config.log.checkpoint_every == 0 or trainer.iteration == config.train.iterations
+            if due:
+                store.save(trainer.iteration, trainer.state_dict())
+    bar.close()
+    summary = {"iterations": trainer.iteration, "seconds": time.perf_counter() - started, "history": history}
+    if main_rank:
+        loggers.close()
+        summary["reward_curve"] = plot_reward_curve(loggers.jsonl, out_dir / "reward_curve.png")
+    return summary

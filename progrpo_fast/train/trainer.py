@@ -1,0 +1,300 @@
+"""The thin GRPO trainer: sample (expand and prune) -> reward -> advantages on the survivors ->
+clipped policy loss + KL over the trained steps -> update.
+
+Every source of randomness of an iteration is keyed by (seed, iteration): prompts, sampling noise,
+the trained steps and the minibatch order. With the state a checkpoint holds (trainable weights,
+optimizer, EMA, probe, RNG) a resumed run reproduces the uninterrupted one.
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import os
+import time
+from dataclasses import dataclass
+
+import torch
+
+from progrpo_fast import ops
+from progrpo_fast.sampling.proxies import PROXIES, ProbeProxy, RewardProxy
+from progrpo_fast.sampling.sampler import ExpandPruneSampler, Rollout
+from progrpo_fast.sampling.schedule import PruneSchedule
+from progrpo_fast.train.grpo import group_advantages, kl_to_reference, policy_loss, weighted_group_advantages
+
+AUTOCAST = {"no": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def iteration_seed(seed: int, iteration: int, stream: int = 0) -> int:
+    """A 63-bit seed for (seed, iteration, stream) (splitmix64 finaliser)."""
+    z = (seed * 0x9E3779B97F4A7C15 + iteration * 0xBF58476D1CE4E5B9 + stream * 0x94D049BB133111EB) & (2**64 - 1)
+    z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & (2**64 - 1)
+    z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & (2**64 - 1)
+    return (z ^ (z >> 31)) >> 1
+
+
+@dataclass
+class Distributed:
+    """Rank-local groups: each rank samples its own prompts and prunes its own groups; only the
+    gradients (and logged scalars) are averaged across ranks."""
+
+    rank: int = 0
+    world_size: int = 1
+
+    @classmethod
+    def from_environment(cls) -> "Distributed":
+        world = int(os.environ.get("WORLD_SIZE", "1"))
+        if world > 1 and not torch.distributed.is_initialized():
+            backend = "nccl" if torch.cuda.is_available() else "gloo"
+            torch.distributed.init_process_group(backend)
+        return cls(int(os.environ.get("RANK", "0")), world)
+
+    def average_(self, tensors) -> None:
+        if self.world_size > 1:
+            for t in tensors:
+                torch.distributed.all_reduce(t)
+                t.div_(self.world_size)
+
+
+class Trainer:
+    """config: progrpo_fast.train.config.Config; model: a Denoiser adapter (its ``network`` is
+    trained); reward: a WeightedReward; prompts(iteration, rank, count) -> list of prompts."""
+
+    def __init__(self, config, model, reward, prompts, distributed: Distributed | None = None):
+        self.config, self.model, self.reward, self.prompts = config, model, reward, prompts
+        self.dist = distributed or Distributed()
+        train, samp = config.train, config.sampler
+        self.schedule = PruneSchedule.from_string(samp.schedule)
+        sample_schedule = PruneSchedule.naive(self.schedule.group_size_max, self.schedule.num_steps) if samp.static_ovf else self.schedule
+        self.proxy = self._build_proxy(samp)
+        self.sampler = ExpandPruneSampler(model, sample_schedule, self.proxy, method=samp.method, eta=samp.eta)
+        self.network = model.network
+        self._setup_trainable(train)
+        self.optimizer = torch.optim.AdamW(self.parameters, lr=train.lr, betas=tuple(train.adam_betas), eps=train.adam_eps,
+                                           weight_decay=train.weight_decay)
+        self.ema = [p.detach().clone().float() for p in self.parameters] if train.ema_decay else None
+        self.iteration = 0
+
+    # ------------------------------------------------------------------ setup
+    def _build_proxy(self, samp):
+        if samp.proxy == "reward":
+            return RewardProxy(self.reward)
+        if samp.proxy in ("latent", "probe"):
+            return PROXIES[samp.proxy](grid=samp.grid)
+        return PROXIES[samp.proxy]()
+
+    def _setup_trainable(self, train) -> None:
+        self.network.requires_grad_(False)
+        if train.lora:
+            from peft import LoraConfig
+
+            try:
+                self.network.add_adapter(LoraConfig(r=train.lora_rank, lora_alpha=train.lora_alpha, init_lora_weights="gaussian",
+                                                    target_modules=list(train.lora_targets)))
+            except ValueError as err:  # peft's NoMatchingPeftModuleError is a ValueError
+                raise ValueError(f"train.lora_targets={list(train.lora_targets)} matched no module of {type(self.network).__name__} ({err}); "
+                                 "name Linear layers of the network, e.g. to_q, to_k, to_v, to_out.0") from err
+            self.parameters = [p for n, p in self.network.named_parameters() if "lora_" in n]
+            for p in self.parameters:  # adapters train in fp32 whatever the base model's dtype
+                p.data = p.data.float()
+            self.reference_copy = None
+        else:
+            self.network.requires_grad_(True)
+            self.parameters = list(self.network.parameters())
+            self.reference_copy = None
+            if train.beta_kl > 0:
+                import copy
+
+                self.reference_copy = copy.deepcopy(self.network).requires_grad_(False).eval()
+        for p in self.parameters:
+            p.requires_grad_(True)
+        self.parameter_names = [n for n, p in self.network.named_parameters() if p.requires_grad]
+
+    @contextlib.contextmanager
+    def reference_model(self):
+        """The KL reference: the base model (LoRA disabled, or the frozen copy)."""
+        if self.reference_copy is None:
+            self.network.disable_adapters()
+            try:
+                yield
+            finally:
+                self.network.enable_adapters()
+        else:
+            self.model.network = self.reference_copy
+            try:
+                yield
+            finally:
+                self.model.network = self.network
+
+    def autocast(self):
+        dtype = AUTOCAST[self.config.train.mixed_precision]
+        if dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(self.model.device.type, dtype=dtype)
+
+    # ------------------------------------------------------------------ one iteration
+    def train_iteration(self) -> dict:
+        cfg, train = self.config, self.config.train
+        iteration = self.iteration
+        timings = {}
+        start = time.perf_counter()
+        prompts = self.prompts(iteration, self.dist.rank, cfg.sampler.prompts_per_iteration)
+        with self.autocast():
+            rollout = self.sampler.sample(prompts, seed=iteration_seed(train.seed, iteration, self.dist.rank))
+        timings["sample_s"] = time.perf_counter() - start
+
+        start = time.perf_counter()
+        components = self._rewards(rollout)
+        weighted = sum(self.reward.weights[name] * value for name, value in components.items())
+        if cfg.sampler.static_ovf:
+            rollout, components, weighted = self._static_ovf(rollout, components, weighted)
+        timings["reward_s"] = time.perf_counter() - start
+        group = rollout.group_size
+        if cfg.reward.aggregation == "per_reward":
+            advantages = weighted_group_advantages(components, self.reward.weights, group, std=train.adv_std, clip=train.adv_clip)
+        else:
+            advantages = group_advantages(weighted, group, std=train.adv_std, clip=train.adv_clip)
+        probe_report = self.proxy.observe(rollout.trajectory_ids, weighted) if isinstance(self.proxy, ProbeProxy) else {}
+
+        start = time.perf_counter()
+        stats = self._update(rollout, advantages.to(rollout.latents.device))
+        timings["train_s"] = time.perf_counter() - start
+        if self.ema is not None:
+            self._update_ema()
+        self.iteration += 1
+
+        kept_var = weighted.view(-1, group).var(1, unbiased=False).mean()
+        metrics = {
+            "iteration": iteration,
+            "reward_mean": float(weighted.mean()),
+            "reward_std": float(weighted.std(unbiased=False)),
+            "kept_group_reward_var": float(kept_var),
+            **{f"reward_{name}": float(value.mean()) for name, value in components.items()},
+            **stats,
+            **timings,
+            "trajectory_steps": rollout.trajectory_steps,
+            "trajectory_steps_per_s": rollout.trajectory_steps / max(timings["sample_s"], 1e-9),
+            **{f"probe_spearman_step{step}": value for step, value in probe_report.items()},
+        }
+        if rollout.prune_log:
+            metrics["proxy_var_kept_over_all"] = float(torch.stack([(r.variance_kept / r.variance_all.clamp_min(1e-12)).mean() for r in rollout.prune_log]).mean())
+        return self._reduce(metrics)
+
+    @torch.no_grad()
+    def _rewards(self, rollout: Rollout) -> dict[str, torch.Tensor]:
+        images = self.model.decode(rollout.final_latents)
+        return {name: value.float() for name, value in self.reward.components(images, rollout.row_prompts).items()}
+
+    def _static_ovf(self, rollout: Rollout, components, weighted):
+        """Static OVF baseline: keep the exact max-variance K of each group's final rewards."""
+        keep = self.schedule.final_group_size
+        index = ops.prune_select(weighted, rollout.group_size, keep)
+        rollout.latents, rollout.log_probs, rollout.trajectory_ids, rollout.prompt_index, *values = ops.compact_(
+            index, rollout.latents, rollout.log_probs, rollout.trajectory_ids, rollout.prompt_index, *rollout.cond.values())
+        rollout.cond = dict(zip(rollout.cond, values))
+        rollout.group_size = keep
+        return rollout, {k: v[index] for k, v in components.items()}, weighted[index]
+
+    def trained_steps(self, iteration: int) -> list[int]:
+        """ceil(timestep_fraction * (T - 1)) of the steps 0..T-2 (the last step is never trained),
+        chosen by a permutation keyed by (seed, iteration), in ascending order."""
+        last = self.schedule.num_steps - 1
+        count = max(1, math.ceil(self.config.train.timestep_fraction * last))
+        gen = torch.Generator().manual_seed(iteration_seed(self.config.train.seed, iteration, 1))
+        return sorted(torch.randperm(last, generator=gen)[:count].tolist())
+
+    def _update(self, rollout: Rollout, advantages: torch.Tensor) -> dict:
+        train = self.config.train
+        stepper = self.sampler.stepper
+        steps = self.trained_steps(self.iteration)
+        rows = rollout.latents.shape[0]
+        gen = torch.Generator().manual_seed(iteration_seed(train.seed, self.iteration, 2))
+        totals = {"loss": 0.0, "policy_loss": 0.0, "kl": 0.0, "clip_fraction": 0.0, "grad_norm": 0.0}
+        first_ratio_error, updates, terms = None, 0, 0
+        for epoch in range(train.inner_epochs):
+            order = torch.randperm(rows, generator=gen).to(rollout.latents.device)
+            minibatches = list(order.split(train.minibatch_rows))
+            for start in range(0, len(minibatches), train.grad_accum):
+                chunk = minibatches[start : start + train.grad_accum]
+                self.optimizer.zero_grad(set_to_none=True)
+                for rows_idx in chunk:
+                    cond = {name: value[rows_idx] for name, value in rollout.cond.items()}
+                    for step in steps:
+                        x, x_next = rollout.latents[rows_idx, step], rollout.latents[rows_idx, step + 1]
+                        timestep = stepper.timesteps[step]
+                        with self.autocast():
+                            out = stepper(step, x, self.model.predict(x, timestep, cond), x_next=x_next)
+                        loss, ratio, clip_fraction = policy_loss(out.log_prob, rollout.log_probs[rows_idx, step],
+                                                                 advantages[rows_idx], train.clip_range)
+                        kl = torch.zeros((), device=x.device)
+                        if train.beta_kl > 0:
+                            with torch.no_grad(), self.reference_model(), self.autocast():
+                                reference = stepper(step, x, self.model.predict(x, timestep, cond), x_next=x_next)
+                            kl = kl_to_reference(out.mean, reference.mean, out.std).mean()
+                        total = loss + train.beta_kl * kl
+                        (total / (len(steps) * len(chunk))).backward()
+                        if first_ratio_error is None:
+                            first_ratio_error = float((ratio - 1).abs().max())
+                        totals["loss"] += float(total.detach())
+                        totals["policy_loss"] += float(loss.detach())
+                        totals["kl"] += float(kl.detach())
+                        totals["clip_fraction"] += float(clip_fraction)
+                        terms += 1
+                self.dist.average_([p.grad for p in self.parameters if p.grad is not None])
+                totals["grad_norm"] += float(torch.nn.utils.clip_grad_norm_(self.parameters, train.grad_clip))
+                self.optimizer.step()
+                updates += 1
+        stats = {name: value / max(terms, 1) for name, value in totals.items() if name != "grad_norm"}
+        stats["grad_norm"] = totals["grad_norm"] / max(updates, 1)
+        stats["first_ratio_abs_error"] = first_ratio_error
+        stats["trained_steps"] = len(steps)
+        return stats
+
+    @torch.no_grad()
+    def _update_ema(self) -> None:
+        decay = self.config.train.ema_decay
+        for average, p in zip(self.ema, self.parameters):
+            average.mul_(decay).add_(p.detach().float(), alpha=1 - decay)
+
+    def _reduce(self, metrics: dict) -> dict:
+        if self.dist.world_size == 1:
+            return metrics
+        keys = [k for k, v in metrics.items() if isinstance(v, float)]
+        values = torch.tensor([metrics[k] for k in keys], dtype=torch.float64)
+        self.dist.average_([values])
+        return {**metrics, **dict(zip(keys, values.tolist()))}
+
+    # ------------------------------------------------------------------ state
+    def state_dict(self) -> dict:
+        from progrpo_fast.train.checkpoint import capture_rng_state
+
+        return {
+            "iteration": self.iteration,
+            "trainable": {n: p.detach().clone() for n, p in zip(self.parameter_names, self.parameters)},
+            "optimizer": self.optimizer.state_dict(),
+            "ema": self.ema,
+            "probe": self.proxy.state_dict() if isinstance(self.proxy, ProbeProxy) else None,
+            "rng": capture_rng_state(),
+            "config": self.config.to_dict(),
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        from progrpo_fast.train.checkpoint import restore_rng_state
+
+        saved = state["trainable"]
+        if list(saved) != self.parameter_names:
+            raise ValueError("the checkpoint's trainable parameters do not match this model/config (different LoRA targets or rank?)")
+        with torch.no_grad():
+            for name, p in zip(self.parameter_names, self.parameters):
+                p.copy_(saved[name])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.ema = state["ema"]
+        if state.get("probe") is not None and isinstance(self.proxy, ProbeProxy):
+            self.proxy.load_state_dict(state["probe"])
+        restore_rng_state(state["rng"])
+        self.iteration = state["iteration"]
+
+
+def write_jsonl(path, record: dict) -> None:
+    with open(path, "a") as f:
+        f.write(json.dumps(record) + "\n")

@@ -1,0 +1,161 @@
+"""The GRPO trainer on a tiny random-weight SD3 pipeline: objective pieces, first-step ratio,
+resume equals an uninterrupted run, baselines, multi-process training on gloo."""
+import os
+import socket
+
+import pytest
+import torch
+import torch.multiprocessing as mp
+
+from progrpo_fast.models.sd3 import SD3Denoiser
+from progrpo_fast.models.tiny import tiny_sd3_pipeline
+from progrpo_fast.train.config import load_config
+from progrpo_fast.train.grpo import group_advantages, kl_to_reference, policy_loss, weighted_group_advantages
+from progrpo_fast.train.run import train
+from progrpo_fast.train.trainer import Trainer
+
+BASE = ["sampler.schedule=6:2=3@4", "sampler.prompts_per_iteration=2", "train.lora_rank=4", "train.lora_alpha=8",
+        "train.minibatch_rows=3", "train.lr=1e-2", "train.clip_range=0.2", "log.progress=false", "log.checkpoint_every=1"]
+
+
+class Brightness:
+    """Mean pixel value, and its negative as a second component (for per-reward aggregation)."""
+
+    weights = {"bright": 1.0, "dark": 0.5}
+
+    def components(self, images, prompts):
+        bright = images.mean((1, 2, 3))
+        return {"bright": bright, "dark": -bright}
+
+
+def model():
+    return SD3Denoiser(tiny_sd3_pipeline(), max_sequence_length=4, resolution=16)
+
+
+def config(tmp_path, *extra):
+    return load_config(None, [*BASE, f"log.out_dir={tmp_path}", *extra])
+
+
+def trainable(summary_dir):
+    from progrpo_fast.train.checkpoint import CheckpointStore
+
+    step, state = CheckpointStore(summary_dir / "checkpoints").latest()
+    return step, state["trainable"]
+
+
+# ------------------------------------------------------------------ objective
+def test_group_advantages_normalise_each_group_and_clip():
+    rewards = torch.tensor([1.0, 2.0, 3.0, 10.0, 10.0, 10.0])
+    adv = group_advantages(rewards, 3)
+    torch.testing.assert_close(adv[:3], torch.tensor([-1.0, 0.0, 1.0]) / (torch.tensor(2 / 3).sqrt() + 1e-4))
+    assert torch.equal(adv[3:], torch.zeros(3))
+    assert group_advantages(torch.tensor([0.0, 1e6]), 2, clip=5.0).abs().max() <= 5.0
+    with pytest.raises(ValueError, match="divisible by group_size"):
+        group_advantages(torch.ones(5), 2)
+
+
+def test_per_reward_aggregation_weights_normalised_advantages():
+    rewards = {"a": torch.tensor([0.0, 1.0]), "b": torch.tensor([0.0, 100.0])}
+    adv = weighted_group_advantages(rewards, {"a": 1.0, "b": 2.0}, 2)
+    torch.testing.assert_close(adv, 3 * group_advantages(rewards["a"], 2), rtol=1e-3, atol=1e-3)
+
+
+def test_policy_loss_clips_the_ratio():
+    adv = torch.tensor([1.0, -1.0])
+    loss, ratio, clipped = policy_loss(torch.tensor([0.5, 0.5]), torch.zeros(2), adv, clip_range=0.1)
+    r = torch.exp(torch.tensor(0.5))
+    torch.testing.assert_close(loss, (-1.1 + r) / 2)  # positive A: clipped to 1.1; negative A: max takes -A r
+    assert float(clipped) == 1.0 and torch.allclose(ratio, r.expand(2))
+
+
+def test_kl_is_the_gaussian_kl_of_equal_stds():
+    mean, ref, std = torch.ones(2, 4), torch.zeros(2, 4), torch.full((2, 1), 0.5)
+    torch.testing.assert_close(kl_to_reference(mean, ref, std), torch.full((2,), 1 / (2 * 0.25)))
+    assert kl_to_reference(mean, ref, torch.zeros(2, 1)).eq(0).all()
+
+
+# ------------------------------------------------------------------ trainer
+def test_first_inner_step_ratio_is_one_and_training_changes_the_adapter(tmp_path):
+    cfg = config(tmp_path, "train.iterations=2", "train.beta_kl=0.1", "train.ema_decay=0.9")
+    trainer = Trainer(cfg, model(), Brightness(), lambda it, rank, n: ["a red circle", "two blue squares"][:n])
+    before = [p.detach().clone() for p in trainer.parameters]
+    metrics = trainer.train_iteration()
+    assert metrics["first_ratio_abs_error"] < 1e-3
+    assert metrics["trained_steps"] == 2 and metrics["trajectory_steps"] == 2 * (6 * 2 + 3 * 2)
+    assert metrics["kl"] >= 0 and 0 <= metrics["clip_fraction"] <= 1
+    assert any(not torch.equal(a, p) for a, p in zip(before, trainer.parameters))
+    assert trainer.ema is not None and not torch.equal(trainer.ema[0], trainer.parameters[0].float())
+
+
+def test_resume_reproduces_the_uninterrupted_run(tmp_path):
+    train(config(tmp_path / "full", "train.iterations=3"), model=model(), reward=Brightness())
+    train(config(tmp_path / "split", "train.iterations=1"), model=model(), reward=Brightness())
+    resumed = train(config(tmp_path / "split", "train.iterations=3"), resume=True, model=model(), reward=Brightness())
+    assert [h["iteration"] for h in resumed["history"]] == [1, 2]
+    (step_a, full), (step_b, split) = trainable(tmp_path / "full"), trainable(tmp_path / "split")
+    assert step_a == step_b == 3
+    for name in full:
+        assert torch.equal(full[name], split[name]), name
+    logs = [(tmp_path / d / "log.jsonl").read_text().splitlines() for d in ("full", "split")]
+    assert len(logs[1]) == 3
+    assert [l.split('"sample_s"')[0] for l in logs[0]] == [l.split('"sample_s"')[0] for l in logs[1]]
+
+
+def test_a_corrupted_newest_checkpoint_falls_back_to_the_previous(tmp_path):
+    train(config(tmp_path, "train.iterations=2"), model=model(), reward=Brightness())
+    newest = tmp_path / "checkpoints" / "step-00000002.pt"
+    newest.write_bytes(newest.read_bytes()[:100])
+    resumed = train(config(tmp_path, "train.iterations=2"), resume=True, model=model(), reward=Brightness())
+    assert [h["iteration"] for h in resumed["history"]] == [1]
+
+
+def test_static_ovf_trains_on_the_max_variance_subset(tmp_path):
+    cfg = config(tmp_path, "sampler.static_ovf=true")
+    trainer = Trainer(cfg, model(), Brightness(), lambda it, rank, n: ["a red circle"] * n)
+    metrics = trainer.train_iteration()
+    assert metrics["trajectory_steps"] == 2 * 6 * 4  # sampled unpruned
+    assert metrics["first_ratio_abs_error"] < 1e-3
+
+
+def test_full_finetuning_with_kl_and_per_reward_advantages(tmp_path):
+    cfg = config(tmp_path, "train.lora=false", "train.beta_kl=0.05", "train.lr=1e-4", "reward.aggregation=per_reward")
+    trainer = Trainer(cfg, model(), Brightness(), lambda it, rank, n: ["a red circle"] * n)
+    metrics = trainer.train_iteration()
+    assert trainer.reference_copy is not None and metrics["first_ratio_abs_error"] < 1e-3
+
+
+def test_unknown_lora_target_is_a_clear_error(tmp_path):
+    cfg = config(tmp_path, "train.lora_targets=[nothing_here]")
+    with pytest.raises(ValueError, match="matched no module"):
+        Trainer(cfg, model(), Brightness(), lambda it, rank, n: ["a"] * n)
+
+
+# ------------------------------------------------------------------ two processes on gloo
+def _worker(rank, world, port, out_dir, queue):
+    os.environ.update(RANK=str(rank), WORLD_SIZE=str(world), MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    torch.set_num_threads(1)
+    summary = train(config(out_dir, "train.iterations=2"), model=model(), reward=Brightness())
+    from progrpo_fast.train.run import Distributed  # noqa: F401  (process group set up by train)
+
+    trainer_params = summary["history"][-1]
+    queue.put((rank, trainer_params["reward_mean"], torch.distributed.get_rank()))
+    torch.distributed.destroy_process_group()
+
+
+def test_two_processes_on_gloo_train_rank_local_groups(tmp_path):
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    ctx = mp.get_context("spawn")
+    queue = ctx.Queue()
+    procs = [ctx.Process(target=_worker, args=(rank, 2, port, tmp_path, queue)) for rank in range(2)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(timeout=600)
+    assert all(p.exitcode == 0 for p in procs)
+    results = sorted(queue.get(timeout=5) for _ in range(2))
+    assert [r[0] for r in results] == [0, 1]
+    assert results[0][1] == pytest.approx(results[1][1])  # logged metrics are averaged across ranks
+    step, state = trainable(tmp_path)
+    assert step == 2
