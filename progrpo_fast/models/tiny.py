@@ -7,22 +7,29 @@ import torch
 WORDS = "a an the red green blue yellow circle circles square squares triangle triangles one two three left right of above below photo cat dog".split()
 
 
-def word_level_tokenizer(words=WORDS, max_length: int = 12):
-    """A transformers PreTrainedTokenizerFast over ``words`` (lower-cased, whitespace split) that
-    adds <bos>/<eos>, pads with <pad> and maps other words to <unk>: the call and batch_decode API
-    the stock diffusers pipelines use. Ids: <pad> 0, <unk> 1, <bos> 2, <eos> 3, then ``words``."""
+SPECIALS = ("<pad>", "<unk>", "<bos>", "<eos>")
+
+
+def word_level_tokenizer(tokens=(*SPECIALS, *WORDS), max_length: int = 12):
+    """A transformers PreTrainedTokenizerFast whose ids are the positions in ``tokens`` (which
+    holds <pad>, <unk>, <bos>, <eos> and the words): lower-cased, whitespace split, ``<bos> ... <eos>``
+    added, right-padded with <pad>, other words mapped to <unk>; the call and batch_decode API the
+    stock diffusers pipelines use."""
     from tokenizers import Tokenizer, normalizers, pre_tokenizers, processors
     from tokenizers.models import WordLevel
     from transformers import PreTrainedTokenizerFast
 
-    specials = ["<pad>", "<unk>", "<bos>", "<eos>"]
-    vocab = {token: i for i, token in enumerate(specials + list(dict.fromkeys(words)))}
-    core = Tokenizer(WordLevel(vocab, unk_token="<unk>"))
+    pad, unk, bos, eos = SPECIALS
+    vocab = {token: i for i, token in enumerate(dict.fromkeys(tokens))}
+    missing = [s for s in SPECIALS if s not in vocab]
+    if missing:
+        raise ValueError(f"tokens must include the special tokens {SPECIALS}; missing {missing}")
+    core = Tokenizer(WordLevel(vocab, unk_token=unk))
     core.normalizer = normalizers.Lowercase()
     core.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
-    core.post_processor = processors.TemplateProcessing(single="<bos> $A <eos>", special_tokens=[("<bos>", 2), ("<eos>", 3)])
-    return PreTrainedTokenizerFast(tokenizer_object=core, pad_token="<pad>", unk_token="<unk>", bos_token="<bos>",
-                                   eos_token="<eos>", model_max_length=max_length)
+    core.post_processor = processors.TemplateProcessing(single=f"{bos} $A {eos}", special_tokens=[(bos, vocab[bos]), (eos, vocab[eos])])
+    return PreTrainedTokenizerFast(tokenizer_object=core, pad_token=pad, unk_token=unk, bos_token=bos, eos_token=eos,
+                                   model_max_length=max_length)
 
 
 def clip_text_encoder(tokenizer, hidden: int = 32, projection: int | None = 16, layers: int = 2, seed: int = 0):

@@ -1,0 +1,1 @@
+"""GRPO training: config tree, trainer, checkpoints and the run loop behind `progrpo-fast train`."""
