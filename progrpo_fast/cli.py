@@ -1,4 +1,4 @@
-"""Command line: ``progrpo-fast {train,sample,info}`` (also ``python -m progrpo_fast``)."""
+"""Command line: ``progrpo-fast {train,sample,bench,info}`` (also ``python -m progrpo_fast``)."""
 from __future__ import annotations
 
 import argparse
@@ -36,22 +36,6 @@ def info() -> dict[str, str]:
     return rows
 
 
-def save_grid(images, path: Path, columns: int) -> Path:
-    """(B, 3, H, W) in [0, 1] -> one PNG grid, ``columns`` images a row."""
-    from PIL import Image
-
-    batch, _, height, width = images.shape
-    rows = (batch + columns - 1) // columns
-    grid = images.new_zeros(3, rows * height, columns * width)
-    for i, image in enumerate(images):
-        r, c = divmod(i, columns)
-        grid[:, r * height : (r + 1) * height, c * width : (c + 1) * width] = image
-    array = (grid.clamp(0, 1) * 255).round().byte().permute(1, 2, 0).cpu().numpy()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(array).save(path)
-    return path
-
-
 def add_config_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", default=None, help="a preset name (see progrpo_fast/configs) or a YAML file; default: the built-in shapes task")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
@@ -66,8 +50,21 @@ def command_train(args) -> int:
     summary = train(config, resume=args.resume)
     history = summary["history"]
     if history:
-        print(f"reward: {history[0]['reward_mean']:.4f} (first iteration) -> {history[-1]['reward_mean']:.4f} (last), "
-              f"{summary['iterations']} iterations in {summary['seconds']:.0f} s; logs in {config.log.out_dir}")
+        print(f"training rollouts' mean reward: {history[0]['reward_mean']:.4f} (first iteration) -> {history[-1]['reward_mean']:.4f} "
+              f"(last); {summary['iterations']} iterations in {summary['seconds']:.0f} s")
+    if "eval_after" in summary:
+        before, after = summary["eval_before"], summary["eval_after"]
+        print(f"held-out reward ({config.log.eval_prompts} prompts x {config.log.eval_per_prompt} samples, same noise): "
+              f"{before['reward_mean']:.4f} at iteration {before['iteration']} -> {after['reward_mean']:.4f} at iteration {after['iteration']} "
+              f"({after['reward_mean'] - before['reward_mean']:+.4f})")
+    steps, naive = summary["trajectory_steps_per_prompt"], summary["naive_trajectory_steps_per_prompt"]
+    print(f"trajectory-steps per prompt: {steps} ({config.sampler.schedule}) vs {naive} for naive GRPO keeping all "
+          f"{summary['naive_trained_rows_per_prompt']} samples: {naive - steps} saved ({1 - steps / naive:.0%}); "
+          f"trained on {summary['trained_rows_per_prompt']} of them per prompt")
+    for key in ("reward_curve", "before_after_grid"):
+        if summary.get(key):
+            print(f"wrote {summary[key]}")
+    print(f"logs, checkpoints and summary.json in {config.log.out_dir}")
     return 0
 
 
@@ -77,7 +74,7 @@ def command_sample(args) -> int:
     from progrpo_fast.sampling import PruneSchedule
     from progrpo_fast.sampling.sampler import ExpandPruneSampler
     from progrpo_fast.train.config import load_config
-    from progrpo_fast.train.run import build_model, build_prompts
+    from progrpo_fast.train.run import build_model, build_prompts, save_grid
 
     config = load_config(args.config, args.overrides)
     model = build_model(config.model)
@@ -98,6 +95,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="progrpo-fast", description="Pro-GRPO: expand-and-prune GRPO for diffusion/flow models")
     commands = parser.add_subparsers(dest="command", required=True)
     commands.add_parser("info", help="print versions, device and which op backends loaded")
+    commands.add_parser("bench", add_help=False, help="benchmarks against naive GRPO: throughput, reward, selection (progrpo-fast bench -h)")
     train = commands.add_parser("train", help="train with (Pro-)GRPO; default: the built-in shapes task")
     add_config_arguments(train)
     train.add_argument("--resume", action="store_true", help="continue from the newest valid checkpoint in log.out_dir")
@@ -108,6 +106,11 @@ def main(argv: list[str] | None = None) -> int:
     sample.add_argument("--per-prompt", type=int, default=4)
     sample.add_argument("--seed", type=int, default=0)
     sample.add_argument("--out", default="samples.png")
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["bench"]:
+        from progrpo_fast.benchmark import main as bench
+
+        return bench(argv[1:])
     args = parser.parse_args(argv)
     if args.command == "info":
         rows = info()

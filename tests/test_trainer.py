@@ -15,7 +15,8 @@ from progrpo_fast.train.run import train
 from progrpo_fast.train.trainer import Trainer
 
 BASE = ["sampler.schedule=6:2=3@4", "sampler.prompts_per_iteration=2", "train.lora_rank=4", "train.lora_alpha=8",
-        "train.minibatch_rows=3", "train.lr=1e-2", "train.clip_range=0.2", "log.progress=false", "log.checkpoint_every=1"]
+        "train.minibatch_rows=3", "train.lr=1e-2", "train.clip_range=0.2", "log.progress=false", "log.checkpoint_every=1",
+        "log.eval_prompts=2", "log.eval_per_prompt=2"]
 
 
 class Brightness:
@@ -85,6 +86,24 @@ def test_first_inner_step_ratio_is_one_and_training_changes_the_adapter(tmp_path
     assert metrics["kl"] >= 0 and 0 <= metrics["clip_fraction"] <= 1
     assert any(not torch.equal(a, p) for a, p in zip(before, trainer.parameters))
     assert trainer.ema is not None and not torch.equal(trainer.ema[0], trainer.parameters[0].float())
+
+
+def test_run_evaluates_before_and_after_and_writes_its_outputs(tmp_path):
+    import json
+
+    from PIL import Image
+
+    summary = train(config(tmp_path, "train.iterations=2", "train.lr=5e-2"), model=model(), reward=Brightness())
+    record = json.loads((tmp_path / "summary.json").read_text())
+    assert record["eval_before"]["iteration"] == 0 and record["eval_after"]["iteration"] == 2
+    assert record["eval_before"]["reward_mean"] != record["eval_after"]["reward_mean"]  # the policy changed
+    # schedule 6:2=3@4: 6 rows for steps 0-1, 3 for steps 2-3 = 18 per prompt; naive keeps 6 for 4 steps = 24
+    assert (record["trajectory_steps_per_prompt"], record["naive_trajectory_steps_per_prompt"]) == (18, 24)
+    assert (record["trained_rows_per_prompt"], record["naive_trained_rows_per_prompt"]) == (3, 6)
+    grid = Image.open(summary["before_after_grid"])
+    tile = 16 * (128 // 16)  # 16 px images enlarged to 128
+    assert grid.size == ((2 * 2 + 1) * tile, 2 * tile)  # 2 prompts; 2 before | blank | 2 after
+    assert summary["reward_curve"].is_file()
 
 
 def test_resume_reproduces_the_uninterrupted_run(tmp_path):

@@ -9,6 +9,7 @@ samples, and with no checkpoints the sampler is plain GRPO sampling.
 """
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
 
 import torch
@@ -41,7 +42,8 @@ class Rollout:
 
     latents: (n, T+1, C, H, W) fp32, x_0 (noise) .. x_T (final sample) per survivor;
     log_probs: (n, T) fp32 log-prob of each recorded transition; trajectory_ids / prompt_index: (n,);
-    cond: per-row conditioning; timesteps (T,); trajectory_steps: network row-evaluations spent."""
+    cond: per-row conditioning; timesteps (T,); trajectory_steps: network row-evaluations spent;
+    proxy_seconds: wall time spent choosing and compacting survivors (device synchronised)."""
 
     prompts: list[str]
     latents: torch.Tensor
@@ -54,6 +56,7 @@ class Rollout:
     seed: int
     trajectory_steps: int
     prune_log: list[PruneRecord] = field(default_factory=list)
+    proxy_seconds: float = 0.0
 
     @property
     def final_latents(self) -> torch.Tensor:
@@ -86,10 +89,11 @@ class ExpandPruneSampler:
         history = torch.empty(rows, steps + 1, *model.latent_shape(), device=device)
         history[:, 0] = keyed_noise(seed, trajectory_ids, 0, history[:, 0].shape)
         log_probs = torch.zeros(rows, steps, device=device)
-        x0_hat, prune_log = None, []
+        x0_hat, prune_log, proxy_seconds = None, [], 0.0
         for step in range(steps):
             keep = schedule.keep_at(step)
             if keep is not None:
+                started = synchronized_clock(device)
                 row_prompts = [prompts[i] for i in prompt_index.tolist()]
                 selection = self.proxy(Checkpoint(step, x0_hat, row_prompts, trajectory_ids, group, keep, seed, model.decode))
                 prune_log.append(PruneRecord(step, rows, selection.scores, trajectory_ids[selection.index].view(-1, keep),
@@ -101,6 +105,7 @@ class ExpandPruneSampler:
                 history = history[: written.shape[0]]
                 cond = dict(zip(cond, values))
                 group, rows = keep, written.shape[0]
+                proxy_seconds += synchronized_clock(device) - started
             x = history[:, step]
             out = stepper(step, x, model.predict(x, stepper.timesteps[step], cond),
                           eps=None if stepper.deterministic else keyed_noise(seed, trajectory_ids, step + 1, x.shape))
@@ -110,4 +115,11 @@ class ExpandPruneSampler:
             if progress is not None:
                 progress(step, rows)
         return Rollout(list(prompts), history, log_probs, trajectory_ids, prompt_index, cond, stepper.timesteps,
-                       group, seed, schedule.trajectory_steps(len(prompts)), prune_log)
+                       group, seed, schedule.trajectory_steps(len(prompts)), prune_log, proxy_seconds)
+
+
+def synchronized_clock(device: torch.device) -> float:
+    """time.perf_counter() after the device's queued work has finished (seconds)."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return time.perf_counter()

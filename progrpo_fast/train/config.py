@@ -200,6 +200,10 @@ class LogConfig:
     tensorboard: also log to TensorBoard.
     wandb: also log to Weights & Biases.
     progress: show a progress bar.
+    eval_prompts: evaluation prompts (their own draw from prompts.source) sampled before and after
+        training with fixed noise: the mean reward of each and a before/after image grid; 0 skips.
+    eval_per_prompt: samples per evaluation prompt.
+    eval_every: also evaluate every this many iterations (logged as eval_reward); 0: only before and after.
     """
 
     out_dir: str = option("runs/shapes")
@@ -208,6 +212,9 @@ class LogConfig:
     tensorboard: bool = option(False)
     wandb: bool = option(False)
     progress: bool = option(True)
+    eval_prompts: int = option(16, at_least(0))
+    eval_per_prompt: int = option(4, at_least(1))
+    eval_every: int = option(0, at_least(0))
 
 
 @dataclass

@@ -10,7 +10,7 @@ from pathlib import Path
 import torch
 
 from progrpo_fast.train.checkpoint import CheckpointStore
-from progrpo_fast.train.trainer import Distributed, Trainer, iteration_seed, write_jsonl
+from progrpo_fast.train.trainer import Distributed, Trainer, iteration_seed, weighted_sum, write_jsonl
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -57,15 +57,19 @@ def build_reward(config):
     return WeightedReward(dict(config.reward.weights), rewards)
 
 
-def build_prompts(config):
+TRAIN_PROMPT_STREAM, EVAL_PROMPT_STREAM = 100, 1000
+
+
+def build_prompts(config, stream: int = TRAIN_PROMPT_STREAM):
     """prompts(iteration, rank, count): the shapes task's caption sampler or a prompt file,
-    drawn with replacement by a generator keyed by (seed, iteration, rank)."""
+    drawn with replacement by a generator keyed by (seed, iteration, stream + rank); the held-out
+    evaluation prompts use their own stream."""
     seed = config.train.seed
     if config.prompts.source == "shapes":
         from progrpo_fast.tasks import caption, sample_scene
 
         def shapes_prompts(iteration, rank, count):
-            gen = torch.Generator().manual_seed(iteration_seed(seed, iteration, 100 + rank))
+            gen = torch.Generator().manual_seed(iteration_seed(seed, iteration, stream + rank))
             return [caption(sample_scene(gen)) for _ in range(count)]
 
         return shapes_prompts
@@ -74,7 +78,7 @@ def build_prompts(config):
         raise ValueError(f"prompts.source={config.prompts.source!r} holds no prompt (one per line expected)")
 
     def file_prompts(iteration, rank, count):
-        rng = random.Random(iteration_seed(seed, iteration, 100 + rank))
+        rng = random.Random(iteration_seed(seed, iteration, stream + rank))
         return [rng.choice(lines) for _ in range(count)]
 
     return file_prompts
@@ -118,6 +122,58 @@ class Loggers:
             self.tensorboard.close()
         if self.wandb is not None:
             self.wandb.finish()
+
+
+def save_grid(images, path: Path, columns: int, scale: int = 1) -> Path:
+    """(B, 3, H, W) in [0, 1] -> one PNG grid, ``columns`` images a row, each enlarged ``scale``
+    times (nearest neighbour)."""
+    from PIL import Image
+
+    if scale > 1:
+        images = images.repeat_interleave(scale, dim=2).repeat_interleave(scale, dim=3)
+    batch, _, height, width = images.shape
+    rows = (batch + columns - 1) // columns
+    grid = images.new_zeros(3, rows * height, columns * width)
+    for i, image in enumerate(images):
+        r, c = divmod(i, columns)
+        grid[:, r * height : (r + 1) * height, c * width : (c + 1) * width] = image
+    array = (grid.clamp(0, 1) * 255).round().byte().permute(1, 2, 0).cpu().numpy()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(array).save(path)
+    return path
+
+
+@torch.no_grad()
+def evaluate(config, model, reward) -> dict:
+    """Mean reward of the current policy on log.eval_prompts held-out prompts, log.eval_per_prompt
+    samples each, with the training step method and fixed noise (a paired before/after comparison).
+    Returns {"reward_mean", "reward_std_of_prompt_means", "rewards" (P, n), "images", "prompts"}."""
+    from progrpo_fast.sampling.sampler import ExpandPruneSampler
+    from progrpo_fast.sampling.schedule import PruneSchedule
+
+    count, per_prompt = config.log.eval_prompts, config.log.eval_per_prompt
+    prompts = build_prompts(config, EVAL_PROMPT_STREAM)(0, 0, count)
+    schedule = PruneSchedule.naive(per_prompt, PruneSchedule.from_string(config.sampler.schedule).num_steps)
+    sampler = ExpandPruneSampler(model, schedule, method=config.sampler.method, eta=config.sampler.eta)
+    rollout = sampler.sample(prompts, seed=iteration_seed(config.train.seed, 0, EVAL_PROMPT_STREAM))
+    images = model.decode(rollout.final_latents).float().clamp(0, 1)
+    rewards = weighted_sum(reward.weights, reward.components(images, rollout.row_prompts)).float().view(count, per_prompt)
+    prompt_means = rewards.mean(1)
+    return {"reward_mean": float(rewards.mean()), "reward_std_of_prompt_means": float(prompt_means.std()) if count > 1 else 0.0,
+            "rewards": rewards.cpu(), "images": images.cpu(), "prompts": prompts}
+
+
+def save_before_after(before: dict, after: dict, path: Path, max_prompts: int = 8) -> Path:
+    """One row per evaluation prompt: its samples before training | a blank | the same noise after."""
+    per_prompt = before["rewards"].shape[1]
+    rows = min(max_prompts, len(before["prompts"]))
+    shape = before["images"].shape[1:]
+    tiles = []
+    for p in range(rows):
+        tiles += [*before["images"][p * per_prompt : (p + 1) * per_prompt], torch.ones(shape),
+                  *after["images"][p * per_prompt : (p + 1) * per_prompt]]
+    scale = max(1, 128 // shape[-1])
+    return save_grid(torch.stack(tiles), path, columns=2 * per_prompt + 1, scale=scale)
 
 
 def plot_reward_curve(jsonl: Path, out_png: Path) -> Path | None:
@@ -167,9 +223,16 @@ def train(config, resume: bool = False, model=None, reward=None) -> dict:
     loggers = Loggers(config, out_dir, resume) if main_rank else None
     bar = tqdm(total=config.train.iterations, initial=trainer.iteration, disable=not (config.log.progress and main_rank),
                desc="Pro-GRPO", unit="it")
+    summary = {}
+    if main_rank and config.log.eval_prompts:
+        before = evaluate(config, model, reward)
+        summary["eval_before"] = {"iteration": trainer.iteration, "reward_mean": before["reward_mean"]}
     history, started = [], time.perf_counter()
     while trainer.iteration < config.train.iterations:
         metrics = trainer.train_iteration()
+        every = config.log.eval_every
+        if main_rank and config.log.eval_prompts and every and trainer.iteration % every == 0:
+            metrics["eval_reward"] = evaluate(config, model, reward)["reward_mean"]
         history.append(metrics)
         if main_rank:
             loggers.log(metrics)
@@ -180,8 +243,25 @@ def train(config, resume: bool = False, model=None, reward=None) -> dict:
             if due:
                 store.save(trainer.iteration, trainer.state_dict())
     bar.close()
-    summary = {"iterations": trainer.iteration, "seconds": time.perf_counter() - started, "history": history}
+    summary.update(iterations=trainer.iteration, seconds=time.perf_counter() - started, history=history,
+                   **trajectory_step_savings(trainer.schedule))
     if main_rank:
         loggers.close()
         summary["reward_curve"] = plot_reward_curve(loggers.jsonl, out_dir / "reward_curve.png")
+        if config.log.eval_prompts:
+            after = evaluate(config, model, reward)
+            summary["eval_after"] = {"iteration": trainer.iteration, "reward_mean": after["reward_mean"]}
+            summary["before_after_grid"] = save_before_after(before, after, out_dir / "before_after.png")
+        record = {k: (str(v) if isinstance(v, Path) else v) for k, v in summary.items() if k != "history"}
+        (out_dir / "summary.json").write_text(json.dumps(record, indent=2) + "\n")
     return summary
+
+
+def trajectory_step_savings(schedule) -> dict:
+    """Trajectory-steps (network row-evaluations) per prompt of ``schedule`` against naive GRPO
+    that keeps all G_max samples for every step, and the rows trained per prompt of each."""
+    from progrpo_fast.sampling.schedule import PruneSchedule
+
+    naive = PruneSchedule.naive(schedule.group_size_max, schedule.num_steps)
+    return {"trajectory_steps_per_prompt": schedule.trajectory_steps(1), "naive_trajectory_steps_per_prompt": naive.trajectory_steps(1),
+            "trained_rows_per_prompt": schedule.final_group_size, "naive_trained_rows_per_prompt": naive.final_group_size}

@@ -11,14 +11,13 @@ import contextlib
 import json
 import math
 import os
-import time
 from dataclasses import dataclass
 
 import torch
 
 from progrpo_fast import ops
 from progrpo_fast.sampling.proxies import PROXIES, ProbeProxy, RewardProxy
-from progrpo_fast.sampling.sampler import ExpandPruneSampler, Rollout
+from progrpo_fast.sampling.sampler import ExpandPruneSampler, Rollout, synchronized_clock
 from progrpo_fast.sampling.schedule import PruneSchedule
 from progrpo_fast.train.grpo import group_advantages, kl_to_reference, policy_loss, weighted_group_advantages
 
@@ -31,6 +30,11 @@ def iteration_seed(seed: int, iteration: int, stream: int = 0) -> int:
     z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & (2**64 - 1)
     z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & (2**64 - 1)
     return (z ^ (z >> 31)) >> 1
+
+
+def weighted_sum(weights: dict, components: dict) -> torch.Tensor:
+    """R = sum_r w_r * R_r over a reward's components."""
+    return sum(weights[name] * value for name, value in components.items())
 
 
 @dataclass
@@ -136,19 +140,20 @@ class Trainer:
     def train_iteration(self) -> dict:
         cfg, train = self.config, self.config.train
         iteration = self.iteration
-        timings = {}
-        start = time.perf_counter()
+        timings, device = {}, self.model.device
+        start = synchronized_clock(device)
         prompts = self.prompts(iteration, self.dist.rank, cfg.sampler.prompts_per_iteration)
         with self.autocast():
             rollout = self.sampler.sample(prompts, seed=iteration_seed(train.seed, iteration, self.dist.rank))
-        timings["sample_s"] = time.perf_counter() - start
+        timings["sample_s"] = synchronized_clock(device) - start
+        timings["proxy_s"] = rollout.proxy_seconds  # part of sample_s
 
-        start = time.perf_counter()
+        start = synchronized_clock(device)
         components = self._rewards(rollout)
-        weighted = sum(self.reward.weights[name] * value for name, value in components.items())
+        weighted = weighted_sum(self.reward.weights, components)
         if cfg.sampler.static_ovf:
             rollout, components, weighted = self._static_ovf(rollout, components, weighted)
-        timings["reward_s"] = time.perf_counter() - start
+        timings["reward_s"] = synchronized_clock(device) - start
         group = rollout.group_size
         if cfg.reward.aggregation == "per_reward":
             advantages = weighted_group_advantages(components, self.reward.weights, group, std=train.adv_std, clip=train.adv_clip)
@@ -156,9 +161,9 @@ class Trainer:
             advantages = group_advantages(weighted, group, std=train.adv_std, clip=train.adv_clip)
         probe_report = self.proxy.observe(rollout.trajectory_ids, weighted) if isinstance(self.proxy, ProbeProxy) else {}
 
-        start = time.perf_counter()
+        start = synchronized_clock(device)
         stats = self._update(rollout, advantages.to(rollout.latents.device))
-        timings["train_s"] = time.perf_counter() - start
+        timings["train_s"] = synchronized_clock(device) - start
         if self.ema is not None:
             self._update_ema()
         self.iteration += 1
@@ -205,7 +210,6 @@ class Trainer:
 
     def _update(self, rollout: Rollout, advantages: torch.Tensor) -> dict:
         train = self.config.train
-        stepper = self.sampler.stepper
         steps = self.trained_steps(self.iteration)
         rows = rollout.latents.shape[0]
         gen = torch.Generator().manual_seed(iteration_seed(train.seed, self.iteration, 2))
@@ -220,18 +224,9 @@ class Trainer:
                 for rows_idx in chunk:
                     cond = {name: value[rows_idx] for name, value in rollout.cond.items()}
                     for step in steps:
-                        x, x_next = rollout.latents[rows_idx, step], rollout.latents[rows_idx, step + 1]
-                        timestep = stepper.timesteps[step]
-                        with self.autocast():
-                            out = stepper(step, x, self.model.predict(x, timestep, cond), x_next=x_next)
-                        loss, ratio, clip_fraction = policy_loss(out.log_prob, rollout.log_probs[rows_idx, step],
-                                                                 advantages[rows_idx], train.clip_range)
-                        kl = torch.zeros((), device=x.device)
-                        if train.beta_kl > 0:
-                            with torch.no_grad(), self.reference_model(), self.autocast():
-                                reference = stepper(step, x, self.model.predict(x, timestep, cond), x_next=x_next)
-                            kl = kl_to_reference(out.mean, reference.mean, out.std).mean()
-                        total = loss + train.beta_kl * kl
+                        total, loss, kl, ratio, clip_fraction = self.step_objective(
+                            step, rollout.latents[rows_idx, step], rollout.latents[rows_idx, step + 1],
+                            rollout.log_probs[rows_idx, step], advantages[rows_idx], cond)
                         (total / (len(steps) * len(chunk))).backward()
                         if first_ratio_error is None:
                             first_ratio_error = float((ratio - 1).abs().max())
@@ -249,6 +244,22 @@ class Trainer:
         stats["first_ratio_abs_error"] = first_ratio_error
         stats["trained_steps"] = len(steps)
         return stats
+
+    def step_objective(self, step: int, x, x_next, old_log_prob, advantages, cond):
+        """The loss of one recorded transition x -> x_next of some rows: (loss + beta_kl * KL,
+        clipped policy loss, KL to the reference, ratio, clip fraction), differentiable in the
+        trainable weights."""
+        train, stepper = self.config.train, self.sampler.stepper
+        timestep = stepper.timesteps[step]
+        with self.autocast():
+            out = stepper(step, x, self.model.predict(x, timestep, cond), x_next=x_next)
+        loss, ratio, clip_fraction = policy_loss(out.log_prob, old_log_prob, advantages, train.clip_range)
+        kl = torch.zeros((), device=x.device)
+        if train.beta_kl > 0:
+            with torch.no_grad(), self.reference_model(), self.autocast():
+                reference = stepper(step, x, self.model.predict(x, timestep, cond), x_next=x_next)
+            kl = kl_to_reference(out.mean, reference.mean, out.std).mean()
+        return loss + train.beta_kl * kl, loss, kl, ratio, clip_fraction
 
     @torch.no_grad()
     def _update_ema(self) -> None:
