@@ -134,9 +134,13 @@ def measure_units(trainer, rows: int, repeats: int = 3) -> tuple[UnitCosts, Unit
         with trainer.autocast():
             model.predict(x, stepper.timesteps[step], cond)
 
+    # programmatic rewards cost what the image holds: score real samples, not decoded noise
+    sample = trainer.sampler.sample(prompt, seed=0).final_latents[:1]
+    sample = sample.expand(rows, *sample.shape[1:]).contiguous()
+
     @torch.no_grad()
     def score():
-        images = model.decode(x).float().clamp(0, 1)
+        images = model.decode(sample).float().clamp(0, 1)
         trainer.reward.components(images, prompt * rows)
 
     with torch.no_grad(), trainer.autocast():

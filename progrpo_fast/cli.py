@@ -52,11 +52,13 @@ def command_train(args) -> int:
     if history:
         print(f"training rollouts' mean reward: {history[0]['reward_mean']:.4f} (first iteration) -> {history[-1]['reward_mean']:.4f} "
               f"(last); {summary['iterations']} iterations in {summary['seconds']:.0f} s")
-    if "eval_after" in summary:
-        before, after = summary["eval_before"], summary["eval_after"]
-        print(f"held-out reward ({config.log.eval_prompts} prompts x {config.log.eval_per_prompt} samples, same noise): "
-              f"{before['reward_mean']:.4f} at iteration {before['iteration']} -> {after['reward_mean']:.4f} at iteration {after['iteration']} "
-              f"({after['reward_mean'] - before['reward_mean']:+.4f})")
+    pooled = config.prompts.source == "shapes" and config.prompts.pool > 0
+    for suffix, what in (("", "training-pool" if pooled else "evaluation"), ("_held_out", "held-out")):
+        if "eval_after" + suffix in summary:
+            before, after = summary["eval_before" + suffix], summary["eval_after" + suffix]
+            print(f"{what} prompts' reward ({config.log.eval_prompts} prompts x {config.log.eval_per_prompt} samples, same noise): "
+                  f"{before['reward_mean']:.4f} at iteration {before['iteration']} -> {after['reward_mean']:.4f} at iteration "
+                  f"{after['iteration']} ({after['reward_mean'] - before['reward_mean']:+.4f})")
     steps, naive = summary["trajectory_steps_per_prompt"], summary["naive_trajectory_steps_per_prompt"]
     print(f"trajectory-steps per prompt: {steps} ({config.sampler.schedule}) vs {naive} for naive GRPO keeping all "
           f"{summary['naive_trained_rows_per_prompt']} samples: {naive - steps} saved ({1 - steps / naive:.0%}); "

@@ -106,6 +106,39 @@ def test_run_evaluates_before_and_after_and_writes_its_outputs(tmp_path):
     assert summary["reward_curve"].is_file()
 
 
+def test_caption_pool_feeds_training_and_the_evaluation_keeps_held_out_prompts_apart():
+    from progrpo_fast.train.run import build_prompts, caption_pool, evaluation_prompts
+
+    cfg = load_config(None, ["prompts.pool=5", "log.eval_prompts=3"])
+    pool = caption_pool(cfg)
+    assert len(pool) == 5 and pool == caption_pool(cfg)
+    draws = build_prompts(cfg)(7, 0, 40)
+    assert set(draws) <= set(pool) and len(set(draws)) > 1
+    assert evaluation_prompts(cfg, held_out=False) == pool[:3]
+    held_out = evaluation_prompts(cfg, held_out=True)
+    assert len(held_out) == 3 and not set(held_out) <= set(pool)
+    fresh = load_config(None, ["prompts.pool=0"])
+    assert build_prompts(fresh)(0, 0, 4) != build_prompts(fresh)(1, 0, 4)
+
+
+@pytest.mark.parametrize("sign", [1.0, -1.0])
+def test_grpo_moves_a_simple_reward_in_the_rewarded_direction(tmp_path, sign):
+    """Rewarding brightness makes samples brighter; rewarding darkness makes them darker."""
+
+    class Signed:
+        weights = {"r": 1.0}
+
+        def components(self, images, prompts):
+            return {"r": sign * images.mean((1, 2, 3))}
+
+    cfg = config(tmp_path, "sampler.schedule=8@4", "sampler.prompts_per_iteration=4", "train.minibatch_rows=32", "train.lr=3e-3", "train.lora_alpha=64",
+                 "train.beta_kl=0", "train.timestep_fraction=1.0", "log.eval_prompts=0")
+    trainer = Trainer(cfg, model(), Signed(), lambda it, rank, n: ["a red circle"] * n)
+    brightness = [sign * trainer.train_iteration()["reward_mean"] for _ in range(30)]
+    change = sum(brightness[-5:]) / 5 - sum(brightness[:5]) / 5
+    assert sign * change > 0.003, brightness
+
+
 def test_resume_reproduces_the_uninterrupted_run(tmp_path):
     train(config(tmp_path / "full", "train.iterations=3"), model=model(), reward=Brightness())
     train(config(tmp_path / "split", "train.iterations=1"), model=model(), reward=Brightness())

@@ -167,9 +167,9 @@ class TrainConfig:
     mixed_precision: autocast dtype: "no", "bf16" or "fp16".
     """
 
-    iterations: int = option(40, at_least(1))
+    iterations: int = option(100, at_least(1))
     seed: int = option(0, non_negative())
-    lr: float = option(3e-4, positive())
+    lr: float = option(1e-3, positive())
     weight_decay: float = option(1e-4, non_negative())
     adam_betas: tuple[float, float] = option((0.9, 0.999), (lambda v: all(0 <= b < 1 for b in v), "two values in [0, 1)"))
     adam_eps: float = option(1e-8, positive())
@@ -200,8 +200,9 @@ class LogConfig:
     tensorboard: also log to TensorBoard.
     wandb: also log to Weights & Biases.
     progress: show a progress bar.
-    eval_prompts: evaluation prompts (their own draw from prompts.source) sampled before and after
-        training with fixed noise: the mean reward of each and a before/after image grid; 0 skips.
+    eval_prompts: evaluation prompts (their own draw from prompts.source; the first of prompts.pool
+        when it is set) sampled before and after training with fixed noise: the mean reward of
+        each and a before/after image grid; 0 skips.
     eval_per_prompt: samples per evaluation prompt.
     eval_every: also evaluate every this many iterations (logged as eval_reward); 0: only before and after.
     """
@@ -222,9 +223,13 @@ class PromptsConfig:
     """Training prompts.
 
     source: "shapes" (the task's caption sampler) or a text file, one prompt per line.
+    pool: with source "shapes", > 0 trains on a fixed pool of this many captions (drawn once from
+        train.seed; the evaluation then covers the pool and, separately, as many fresh held-out
+        captions); 0 draws fresh captions every iteration. Ignored for prompt files.
     """
 
     source: str = option("shapes")
+    pool: int = option(16, at_least(0))
 
 
 # ----------------------------------------------------------------------------------- type checks

@@ -57,19 +57,23 @@ def build_reward(config):
     return WeightedReward(dict(config.reward.weights), rewards)
 
 
-TRAIN_PROMPT_STREAM, EVAL_PROMPT_STREAM = 100, 1000
+TRAIN_PROMPT_STREAM, EVAL_PROMPT_STREAM, POOL_STREAM = 100, 1000, 3000
 
 
-def build_prompts(config, stream: int = TRAIN_PROMPT_STREAM):
-    """prompts(iteration, rank, count): the shapes task's caption sampler or a prompt file,
-    drawn with replacement by a generator keyed by (seed, iteration, stream + rank); the held-out
-    evaluation prompts use their own stream."""
+def build_prompts(config, stream: int = TRAIN_PROMPT_STREAM, use_pool: bool = True):
+    """prompts(iteration, rank, count): the shapes task's caption sampler (or, with ``use_pool``,
+    its fixed pool, see prompts.pool) or a prompt file, drawn with replacement by a generator keyed
+    by (seed, iteration, stream + rank); the held-out evaluation prompts use their own stream."""
     seed = config.train.seed
     if config.prompts.source == "shapes":
         from progrpo_fast.tasks import caption, sample_scene
 
+        pool = caption_pool(config) if use_pool else []
+
         def shapes_prompts(iteration, rank, count):
             gen = torch.Generator().manual_seed(iteration_seed(seed, iteration, stream + rank))
+            if pool:
+                return [pool[i] for i in torch.randint(len(pool), (count,), generator=gen).tolist()]
             return [caption(sample_scene(gen)) for _ in range(count)]
 
         return shapes_prompts
@@ -82,6 +86,23 @@ def build_prompts(config, stream: int = TRAIN_PROMPT_STREAM):
         return [rng.choice(lines) for _ in range(count)]
 
     return file_prompts
+
+
+def caption_pool(config) -> list[str]:
+    """The fixed training captions of prompts.pool (empty when the pool is off)."""
+    from progrpo_fast.tasks import caption, sample_scene
+
+    gen = torch.Generator().manual_seed(iteration_seed(config.train.seed, 0, POOL_STREAM))
+    return [caption(sample_scene(gen)) for _ in range(config.prompts.pool)]
+
+
+def evaluation_prompts(config, held_out: bool) -> list[str]:
+    """log.eval_prompts prompts: fresh draws from prompts.source (``held_out``) or, with a caption
+    pool, the pool's first ones."""
+    pool = caption_pool(config) if config.prompts.source == "shapes" else []
+    if pool and not held_out:
+        return pool[: config.log.eval_prompts]
+    return build_prompts(config, EVAL_PROMPT_STREAM, use_pool=False)(0, 0, config.log.eval_prompts)
 
 
 class Loggers:
@@ -144,15 +165,15 @@ def save_grid(images, path: Path, columns: int, scale: int = 1) -> Path:
 
 
 @torch.no_grad()
-def evaluate(config, model, reward) -> dict:
-    """Mean reward of the current policy on log.eval_prompts held-out prompts, log.eval_per_prompt
+def evaluate(config, model, reward, held_out: bool = False) -> dict:
+    """Mean reward of the current policy on evaluation_prompts(config, held_out), log.eval_per_prompt
     samples each, with the training step method and fixed noise (a paired before/after comparison).
     Returns {"reward_mean", "reward_std_of_prompt_means", "rewards" (P, n), "images", "prompts"}."""
     from progrpo_fast.sampling.sampler import ExpandPruneSampler
     from progrpo_fast.sampling.schedule import PruneSchedule
 
-    count, per_prompt = config.log.eval_prompts, config.log.eval_per_prompt
-    prompts = build_prompts(config, EVAL_PROMPT_STREAM)(0, 0, count)
+    prompts, per_prompt = evaluation_prompts(config, held_out), config.log.eval_per_prompt
+    count = len(prompts)
     schedule = PruneSchedule.naive(per_prompt, PruneSchedule.from_string(config.sampler.schedule).num_steps)
     sampler = ExpandPruneSampler(model, schedule, method=config.sampler.method, eta=config.sampler.eta)
     rollout = sampler.sample(prompts, seed=iteration_seed(config.train.seed, 0, EVAL_PROMPT_STREAM))
@@ -224,9 +245,12 @@ def train(config, resume: bool = False, model=None, reward=None) -> dict:
     bar = tqdm(total=config.train.iterations, initial=trainer.iteration, disable=not (config.log.progress and main_rank),
                desc="Pro-GRPO", unit="it")
     summary = {}
+    with_held_out = config.prompts.source == "shapes" and config.prompts.pool > 0
     if main_rank and config.log.eval_prompts:
         before = evaluate(config, model, reward)
         summary["eval_before"] = {"iteration": trainer.iteration, "reward_mean": before["reward_mean"]}
+        if with_held_out:
+            summary["eval_before_held_out"] = {"iteration": trainer.iteration, "reward_mean": evaluate(config, model, reward, True)["reward_mean"]}
     history, started = [], time.perf_counter()
     while trainer.iteration < config.train.iterations:
         metrics = trainer.train_iteration()
@@ -251,6 +275,8 @@ def train(config, resume: bool = False, model=None, reward=None) -> dict:
         if config.log.eval_prompts:
             after = evaluate(config, model, reward)
             summary["eval_after"] = {"iteration": trainer.iteration, "reward_mean": after["reward_mean"]}
+            if with_held_out:
+                summary["eval_after_held_out"] = {"iteration": trainer.iteration, "reward_mean": evaluate(config, model, reward, True)["reward_mean"]}
             summary["before_after_grid"] = save_before_after(before, after, out_dir / "before_after.png")
         record = {k: (str(v) if isinstance(v, Path) else v) for k, v in summary.items() if k != "history"}
         (out_dir / "summary.json").write_text(json.dumps(record, indent=2) + "\n")
