@@ -1,7 +1,6 @@
 """The built-in shapes task: grammar, renderer, dataset, tokenizer and the pixel-level reward."""
 import dataclasses
 import random
-import time
 
 import pytest
 import torch
@@ -225,14 +224,3 @@ def test_reward_rejects_bad_input(reward):
         reward(torch.zeros(3, 32, 32), ["a red circle"])
     with pytest.raises(ValueError, match="NaN"):
         reward(torch.full((1, 3, 32, 32), float("nan")), ["a red circle"])
-
-
-def test_reward_batch_of_64_is_fast(reward, scenes):
-    images = torch.stack([render(scene, 32, seed) for seed, scene in enumerate(scenes[:64])])
-    noise = torch.rand(64, 3, 32, 32, generator=torch.Generator().manual_seed(1))
-    texts = [caption(scene) for scene in scenes[:64]]
-    reward(images, texts)  # warm-up
-    start = time.perf_counter()
-    reward(images, texts)
-    reward(noise, texts)
-    assert (time.perf_counter() - start) / 2 < 0.5  # measured ~0.03 s per batch on 2 CPU cores
