@@ -86,7 +86,7 @@ def command_sample(args) -> int:
     rollout = sampler.sample(prompts, seed=args.seed)
     with torch.no_grad():
         images = model.decode(rollout.final_latents)
-    path = save_grid(images, Path(args.out), columns=args.per_prompt)
+    path = save_grid(images, Path(args.out), columns=args.per_prompt, scale=max(1, 128 // images.shape[-1]))
     print(f"wrote {path} ({len(prompts)} prompts x {args.per_prompt} images: one row per prompt)")
     for prompt in prompts:
         print(f"  {prompt}")

@@ -87,3 +87,15 @@ def test_shipped_assets_load_and_sample():
     assert torch.isfinite(images).all()
     size = sum(f.stat().st_size for f in sm.SHAPES_MODEL_DIR.rglob("*") if f.is_file())
     assert size <= 20 * 2**20
+
+
+def test_sample_cli_writes_an_enlarged_grid_of_the_shipped_model(tmp_path):
+    from PIL import Image
+
+    from progrpo_fast.cli import main
+
+    out = tmp_path / "samples.png"
+    assert main(["sample", "--config", "shapes", "--prompt", "a red circle", "--prompt", "two blue squares",
+                 "--per-prompt", "3", "--out", str(out)]) == 0
+    tile = sm.RESOLUTION * (128 // sm.RESOLUTION)  # 32 px images drawn at 128 px
+    assert Image.open(out).size == (3 * tile, 2 * tile)
