@@ -26,7 +26,7 @@ import platform
 import resource
 import sys
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
@@ -120,6 +120,7 @@ def measure_units(trainer, rows: int, repeats: int = 3) -> tuple[UnitCosts, Unit
 
     from progrpo_fast.models.base import repeat_rows
     from progrpo_fast.sampling.sampler import synchronized_clock
+    from progrpo_fast.train.trainer import score_images
 
     model, device = trainer.model, trainer.model.device
     prompt = trainer.prompts(0, 0, 1)
@@ -138,10 +139,8 @@ def measure_units(trainer, rows: int, repeats: int = 3) -> tuple[UnitCosts, Unit
     sample = trainer.sampler.sample(prompt, seed=0).final_latents[:1]
     sample = sample.expand(rows, *sample.shape[1:]).contiguous()
 
-    @torch.no_grad()
     def score():
-        images = model.decode(sample).float().clamp(0, 1)
-        trainer.reward.components(images, prompt * rows)
+        score_images(trainer.reward, model.decode(sample), prompt * rows)
 
     with torch.no_grad(), trainer.autocast():
         old_log_prob = stepper(step, x, model.predict(x, stepper.timesteps[step], cond), x_next=x_next).log_prob
@@ -317,12 +316,18 @@ def compute_to_reach(records: list[dict], method: str, target: float) -> float |
     return None
 
 
-def seed_mean_curve(records: list[dict], method: str) -> list[tuple[float, float]]:
-    points: dict[int, list[dict]] = {}
+def seeds_by_iteration(records: list[dict], method: str) -> list[list[dict]]:
+    """``method``'s records grouped by iteration (one record per seed), in iteration order."""
+    groups: dict[int, list[dict]] = {}
     for r in records:
         if r["method"] == method:
-            points.setdefault(r["iteration"], []).append(r)
-    return [(group[0]["tflops"], mean(r["eval_reward"] for r in group)) for _, group in sorted(points.items())]
+            groups.setdefault(r["iteration"], []).append(r)
+    return [group for _, group in sorted(groups.items())]
+
+
+def seed_mean_curve(records: list[dict], method: str) -> list[tuple[float, float]]:
+    """(TFLOPs, evaluation reward averaged over seeds) at each evaluated iteration of ``method``."""
+    return [(group[0]["tflops"], mean(r["eval_reward"] for r in group)) for group in seeds_by_iteration(records, method)]
 
 
 # ----------------------------------------------------------------------------------- selection quality
@@ -336,7 +341,7 @@ def selection_quality(base: str | None, methods: list[Method], batches: int, pro
     from progrpo_fast import ops
     from progrpo_fast.sampling.sampler import ExpandPruneSampler
     from progrpo_fast.train.run import build_prompts
-    from progrpo_fast.train.trainer import iteration_seed, weighted_sum
+    from progrpo_fast.train.trainer import iteration_seed, score_images
 
     config = method_config(base, methods[0], overrides)
     trainer = build_trainer(config)
@@ -353,9 +358,7 @@ def selection_quality(base: str | None, methods: list[Method], batches: int, pro
         prompts = draw_prompts(batch, 0, prompts_per_batch)
         rollout_seed = iteration_seed(seed, batch, 2000)
         unpruned = full.sample(prompts, seed=rollout_seed)
-        with torch.no_grad():
-            images = model.decode(unpruned.final_latents).float().clamp(0, 1)
-            final = weighted_sum(reward.weights, reward.components(images, unpruned.row_prompts)).float().cpu()
+        final = score_images(reward, model.decode(unpruned.final_latents), unpruned.row_prompts)[1].cpu()
         final_of = final[unpruned.trajectory_ids.argsort().cpu()]  # by trajectory id
         groups = final_of.view(len(prompts), -1)
         for name, sampler in samplers.items():
@@ -449,13 +452,10 @@ def plot_reward_per_compute(records: list[dict], path: Path) -> Path:
 
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.8), sharey=True)
     for method in dict.fromkeys(r["method"] for r in records):
+        groups = seeds_by_iteration(records, method)
         for ax, key in zip(axes, ("tflops", "train_wall_s")):
-            by_iteration: dict[int, list[dict]] = {}
-            for r in records:
-                if r["method"] == method:
-                    by_iteration.setdefault(r["iteration"], []).append(r)
-            xs = [mean(p[key] for p in group) for _, group in sorted(by_iteration.items())]
-            values = [[p["eval_reward"] for p in group] for _, group in sorted(by_iteration.items())]
+            xs = [mean(p[key] for p in group) for group in groups]
+            values = [[p["eval_reward"] for p in group] for group in groups]
             line, = ax.plot(xs, [mean(v) for v in values], label=method)
             ax.fill_between(xs, [min(v) for v in values], [max(v) for v in values], color=line.get_color(), alpha=0.15)
     axes[0].set_xlabel("training compute (TFLOPs, cost model)")
@@ -520,8 +520,7 @@ def main(argv: list[str] | None = None) -> int:
             curve = seed_mean_curve(records, method)
             reach = compute_to_reach(records, method, final_naive[1])
             summary.append({"method": method, "reward_start": curve[0][1], "reward_final": curve[-1][1],
-                            "final_std_over_seeds": float(torch.tensor([r["eval_reward"] for r in records if r["method"] == method
-                                                                        and r["iteration"] == max(q["iteration"] for q in records if q["method"] == method)]).std()),
+                            "final_std_over_seeds": float(torch.tensor([r["eval_reward"] for r in seeds_by_iteration(records, method)[-1]]).std()),
                             "tflops_to_reach_naive_final": reach if reach is not None else float("nan"),
                             "fraction_of_naive_compute": reach / final_naive[0] if reach is not None else float("nan")})
         path = write_results(args.out, f"reward_per_compute_{tag}", records, command, {"summary": summary})

@@ -44,7 +44,7 @@ def add_config_arguments(parser: argparse.ArgumentParser) -> None:
 
 def command_train(args) -> int:
     from progrpo_fast.train.config import load_config
-    from progrpo_fast.train.run import train
+    from progrpo_fast.train.run import train, uses_caption_pool
 
     config = load_config(args.config, args.overrides)
     summary = train(config, resume=args.resume)
@@ -52,8 +52,7 @@ def command_train(args) -> int:
     if history:
         print(f"training rollouts' mean reward: {history[0]['reward_mean']:.4f} (first iteration) -> {history[-1]['reward_mean']:.4f} "
               f"(last); {summary['iterations']} iterations in {summary['seconds']:.0f} s")
-    pooled = config.prompts.source == "shapes" and config.prompts.pool > 0
-    for suffix, what in (("", "training-pool" if pooled else "evaluation"), ("_held_out", "held-out")):
+    for suffix, what in (("", "training-pool" if uses_caption_pool(config) else "evaluation"), ("_held_out", "held-out")):
         if "eval_after" + suffix in summary:
             before, after = summary["eval_before" + suffix], summary["eval_after" + suffix]
             print(f"{what} prompts' reward ({config.log.eval_prompts} prompts x {config.log.eval_per_prompt} samples, same noise): "

@@ -46,7 +46,6 @@ RESOLUTION = 32  # px, images are RESOLUTION x RESOLUTION RGB
 NUM_STEPS = 10  # sampling steps (the Pro-GRPO paper's SD3.5 setting)
 GUIDANCE_SCALE = 4.5  # CFG scale (Flow-GRPO's SD3.5 setting); the negative prompt is ""
 T5_TOKENS = 1  # max_sequence_length to pass the pipeline: with no T5 it appends this many zero tokens
-MAX_SEQUENCE_LENGTH = T5_TOKENS
 SCHEDULER_SHIFT = 1.0  # FlowMatchEulerDiscreteScheduler shift
 
 # Architecture.

@@ -10,7 +10,7 @@ from pathlib import Path
 import torch
 
 from progrpo_fast.train.checkpoint import CheckpointStore
-from progrpo_fast.train.trainer import Distributed, Trainer, iteration_seed, weighted_sum, write_jsonl
+from progrpo_fast.train.trainer import Distributed, Trainer, iteration_seed, score_images, write_jsonl
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -88,10 +88,17 @@ def build_prompts(config, stream: int = TRAIN_PROMPT_STREAM, use_pool: bool = Tr
     return file_prompts
 
 
+def uses_caption_pool(config) -> bool:
+    """True when training draws from the shapes task's fixed caption pool (prompts.pool > 0)."""
+    return config.prompts.source == "shapes" and config.prompts.pool > 0
+
+
 def caption_pool(config) -> list[str]:
     """The fixed training captions of prompts.pool (empty when the pool is off)."""
     from progrpo_fast.tasks import caption, sample_scene
 
+    if not uses_caption_pool(config):
+        return []
     gen = torch.Generator().manual_seed(iteration_seed(config.train.seed, 0, POOL_STREAM))
     return [caption(sample_scene(gen)) for _ in range(config.prompts.pool)]
 
@@ -99,9 +106,8 @@ def caption_pool(config) -> list[str]:
 def evaluation_prompts(config, held_out: bool) -> list[str]:
     """log.eval_prompts prompts: fresh draws from prompts.source (``held_out``) or, with a caption
     pool, the pool's first ones."""
-    pool = caption_pool(config) if config.prompts.source == "shapes" else []
-    if pool and not held_out:
-        return pool[: config.log.eval_prompts]
+    if uses_caption_pool(config) and not held_out:
+        return caption_pool(config)[: config.log.eval_prompts]
     return build_prompts(config, EVAL_PROMPT_STREAM, use_pool=False)(0, 0, config.log.eval_prompts)
 
 
@@ -168,7 +174,7 @@ def save_grid(images, path: Path, columns: int, scale: int = 1) -> Path:
 def evaluate(config, model, reward, held_out: bool = False) -> dict:
     """Mean reward of the current policy on evaluation_prompts(config, held_out), log.eval_per_prompt
     samples each, with the training step method and fixed noise (a paired before/after comparison).
-    Returns {"reward_mean", "reward_std_of_prompt_means", "rewards" (P, n), "images", "prompts"}."""
+    Returns {"reward_mean", "rewards" (P, n), "images", "prompts"}."""
     from progrpo_fast.sampling.sampler import ExpandPruneSampler
     from progrpo_fast.sampling.schedule import PruneSchedule
 
@@ -177,11 +183,23 @@ def evaluate(config, model, reward, held_out: bool = False) -> dict:
     schedule = PruneSchedule.naive(per_prompt, PruneSchedule.from_string(config.sampler.schedule).num_steps)
     sampler = ExpandPruneSampler(model, schedule, method=config.sampler.method, eta=config.sampler.eta)
     rollout = sampler.sample(prompts, seed=iteration_seed(config.train.seed, 0, EVAL_PROMPT_STREAM))
-    images = model.decode(rollout.final_latents).float().clamp(0, 1)
-    rewards = weighted_sum(reward.weights, reward.components(images, rollout.row_prompts)).float().view(count, per_prompt)
-    prompt_means = rewards.mean(1)
-    return {"reward_mean": float(rewards.mean()), "reward_std_of_prompt_means": float(prompt_means.std()) if count > 1 else 0.0,
-            "rewards": rewards.cpu(), "images": images.cpu(), "prompts": prompts}
+    images = model.decode(rollout.final_latents)
+    rewards = score_images(reward, images, rollout.row_prompts)[1].view(count, per_prompt)
+    return {"reward_mean": float(rewards.mean()), "rewards": rewards.cpu(), "images": images.cpu(), "prompts": prompts}
+
+
+def evaluations(config, model, reward) -> dict[str, dict]:
+    """evaluate() on the evaluation prompts (key "") and, with a caption pool, on as many held-out
+    prompts (key "_held_out")."""
+    results = {"": evaluate(config, model, reward)}
+    if uses_caption_pool(config):
+        results["_held_out"] = evaluate(config, model, reward, held_out=True)
+    return results
+
+
+def evaluation_summary(results: dict[str, dict], when: str, iteration: int) -> dict:
+    """{"eval_WHEN" (and "eval_WHEN_held_out"): {"iteration", "reward_mean"}} for summary.json."""
+    return {f"eval_{when}{key}": {"iteration": iteration, "reward_mean": result["reward_mean"]} for key, result in results.items()}
 
 
 def save_before_after(before: dict, after: dict, path: Path, max_prompts: int = 8) -> Path:
@@ -245,12 +263,9 @@ def train(config, resume: bool = False, model=None, reward=None) -> dict:
     bar = tqdm(total=config.train.iterations, initial=trainer.iteration, disable=not (config.log.progress and main_rank),
                desc="Pro-GRPO", unit="it")
     summary = {}
-    with_held_out = config.prompts.source == "shapes" and config.prompts.pool > 0
     if main_rank and config.log.eval_prompts:
-        before = evaluate(config, model, reward)
-        summary["eval_before"] = {"iteration": trainer.iteration, "reward_mean": before["reward_mean"]}
-        if with_held_out:
-            summary["eval_before_held_out"] = {"iteration": trainer.iteration, "reward_mean": evaluate(config, model, reward, True)["reward_mean"]}
+        before = evaluations(config, model, reward)
+        summary.update(evaluation_summary(before, "before", trainer.iteration))
     history, started = [], time.perf_counter()
     while trainer.iteration < config.train.iterations:
         metrics = trainer.train_iteration()
@@ -273,11 +288,9 @@ def train(config, resume: bool = False, model=None, reward=None) -> dict:
         loggers.close()
         summary["reward_curve"] = plot_reward_curve(loggers.jsonl, out_dir / "reward_curve.png")
         if config.log.eval_prompts:
-            after = evaluate(config, model, reward)
-            summary["eval_after"] = {"iteration": trainer.iteration, "reward_mean": after["reward_mean"]}
-            if with_held_out:
-                summary["eval_after_held_out"] = {"iteration": trainer.iteration, "reward_mean": evaluate(config, model, reward, True)["reward_mean"]}
-            summary["before_after_grid"] = save_before_after(before, after, out_dir / "before_after.png")
+            after = evaluations(config, model, reward)
+            summary.update(evaluation_summary(after, "after", trainer.iteration))
+            summary["before_after_grid"] = save_before_after(before[""], after[""], out_dir / "before_after.png")
         record = {k: (str(v) if isinstance(v, Path) else v) for k, v in summary.items() if k != "history"}
         (out_dir / "summary.json").write_text(json.dumps(record, indent=2) + "\n")
     return summary

@@ -32,9 +32,11 @@ def iteration_seed(seed: int, iteration: int, stream: int = 0) -> int:
     return (z ^ (z >> 31)) >> 1
 
 
-def weighted_sum(weights: dict, components: dict) -> torch.Tensor:
-    """R = sum_r w_r * R_r over a reward's components."""
-    return sum(weights[name] * value for name, value in components.items())
+@torch.no_grad()
+def score_images(reward, images: torch.Tensor, prompts: list[str]) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+    """(each component R_r of ``reward`` in fp32, R = sum_r w_r * R_r) for images in [0, 1]."""
+    components = {name: value.float() for name, value in reward.components(images, prompts).items()}
+    return components, sum(reward.weights[name] * value for name, value in components.items())
 
 
 @dataclass
@@ -149,8 +151,7 @@ class Trainer:
         timings["proxy_s"] = rollout.proxy_seconds  # part of sample_s
 
         start = synchronized_clock(device)
-        components = self._rewards(rollout)
-        weighted = weighted_sum(self.reward.weights, components)
+        components, weighted = score_images(self.reward, self.model.decode(rollout.final_latents), rollout.row_prompts)
         if cfg.sampler.static_ovf:
             rollout, components, weighted = self._static_ovf(rollout, components, weighted)
         timings["reward_s"] = synchronized_clock(device) - start
@@ -184,11 +185,6 @@ class Trainer:
         if rollout.prune_log:
             metrics["proxy_var_kept_over_all"] = float(torch.stack([(r.variance_kept / r.variance_all.clamp_min(1e-12)).mean() for r in rollout.prune_log]).mean())
         return self._reduce(metrics)
-
-    @torch.no_grad()
-    def _rewards(self, rollout: Rollout) -> dict[str, torch.Tensor]:
-        images = self.model.decode(rollout.final_latents)
-        return {name: value.float() for name, value in self.reward.components(images, rollout.row_prompts).items()}
 
     def _static_ovf(self, rollout: Rollout, components, weighted):
         """Static OVF baseline: keep the exact max-variance K of each group's final rewards."""
