@@ -388,6 +388,49 @@ def selection_quality(base: str | None, methods: list[Method], batches: int, pro
     return rows
 
 
+# ----------------------------------------------------------------------------------- gradient signal-to-noise
+def signal_to_noise(total: torch.Tensor, squared_norms: float, n: int) -> float:
+    """SNR = |E g|^2 / E|g - E g|^2 of one draw g, from n >= 2 independent draws given as their
+    sum S and the sum A of their squared norms (unbiased parts, with E|S|^2 = n tr(Cov) + n^2 |E g|^2
+    and E A = n tr(Cov) + n |E g|^2): |E g|^2 ~ (|S|^2 - A) / (n (n - 1)), tr(Cov) ~ (A - |S|^2 / n) / (n - 1).
+    Can come out negative when the signal is below the estimate's noise."""
+    if n < 2:
+        raise ValueError(f"signal_to_noise needs n >= 2 draws, got {n}")
+    total_sq = float(total.double().pow(2).sum())
+    signal = (total_sq - squared_norms) / (n * (n - 1))
+    noise = (squared_norms - total_sq / n) / (n - 1)
+    return signal / noise if noise > 0 else float("nan")
+
+
+def gradient_snr(trainer, batches: int) -> list[dict]:
+    """The policy gradient's signal-to-noise ratio per GRPO iteration: ``batches`` independent
+    rollouts of ``trainer`` (its iterations 0..batches-1, weights fixed), the gradient of the GRPO
+    objective at each trainable step t and summed over all of them. One iteration's gradient, which
+    averages its survivor rows, has SNR s; averaging m iterations gives m * s, so the update's
+    direction is resolved (SNR 1) after about rows / s trained rows (``rows_for_snr_1``)."""
+    steps = trainer.schedule.num_steps - 1
+    sums = {t: [0.0, 0.0] for t in [*range(steps), "all"]}  # per step: [sum of gradients, sum of squared norms]
+    rows = 0
+    for batch in range(batches):
+        rollout, _, _, advantages, _ = trainer.rollout(batch)
+        rows = rollout.latents.shape[0]
+        per_step = []
+        for t in range(steps):
+            trainer.optimizer.zero_grad(set_to_none=True)
+            trainer.step_objective(t, rollout.latents[:, t], rollout.latents[:, t + 1], rollout.log_probs[:, t], advantages, rollout.cond)[0].backward()
+            per_step.append(torch.cat([p.grad.detach().flatten().double() for p in trainer.parameters]))
+        for key, g in [*enumerate(per_step), ("all", sum(per_step))]:
+            sums[key][0] = sums[key][0] + g
+            sums[key][1] += float(g.pow(2).sum())
+    trainer.optimizer.zero_grad(set_to_none=True)
+    results = []
+    for key, (total, squared) in sums.items():
+        snr = signal_to_noise(total, squared, batches)
+        results.append({"step": key, "batches": batches, "rows_per_batch": rows, "snr_per_batch": snr,
+                        "rows_for_snr_1": rows / snr if snr > 0 else float("inf")})
+    return results
+
+
 # ----------------------------------------------------------------------------------- results
 def machine() -> dict:
     import progrpo_fast
@@ -488,10 +531,15 @@ SELECTION_COLUMNS = {"method": "proxy", "checkpoint_step": "checkpoint", "groups
                      "kept_over_oracle": "kept / oracle", "random_over_oracle": "random / oracle"}
 
 
+SNR_COLUMNS = {"step": "trained step", "batches": "iterations", "rows_per_batch": "rows / iteration", "snr_per_batch": "SNR / iteration",
+               "rows_for_snr_1": "rows for SNR 1"}
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="progrpo-fast bench", description=__doc__.split("\n")[0])
-    parser.add_argument("what", choices=("throughput", "reward", "selection"),
-                        help="throughput: time per iteration per method; reward: reward per compute; selection: proxy selection quality")
+    parser.add_argument("what", choices=("throughput", "reward", "selection", "snr"),
+                        help="throughput: time per iteration per method; reward: reward per compute; selection: proxy selection quality; "
+                             "snr: signal-to-noise ratio of the policy gradient per iteration")
     parser.add_argument("--config", default=None, help="base preset or YAML (default: the built-in shapes task)")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE", help="config override (repeatable)")
     parser.add_argument("--out", type=Path, default=RESULTS_DIR, help="results folder")
@@ -499,7 +547,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seeds", type=int, default=3, help="reward: seeds per method")
     parser.add_argument("--budget", type=int, default=40, help="reward: FLOP budget, in iterations of naive GRPO")
     parser.add_argument("--eval-every", type=int, default=5, help="reward: iterations between evaluations")
-    parser.add_argument("--batches", type=int, default=8, help="selection: rollouts (half fit the probe)")
+    parser.add_argument("--batches", type=int, default=8, help="selection: rollouts (half fit the probe); snr: independent iterations (>= 2)")
     parser.add_argument("--prompts", type=int, default=8, help="selection: prompts per rollout")
     parser.add_argument("--tag", default=None, help="suffix of the result files (default: cpu or cuda)")
     args = parser.parse_args(argv)
@@ -526,6 +574,12 @@ def main(argv: list[str] | None = None) -> int:
         path = write_results(args.out, f"reward_per_compute_{tag}", records, command, {"summary": summary})
         plot_reward_per_compute(records, args.out / f"reward_per_compute_{tag}.png")
         print(markdown_table(summary, {k: k for k in summary[0]}))
+    elif args.what == "snr":
+        from progrpo_fast.train.config import load_config
+
+        rows = gradient_snr(build_trainer(load_config(args.config, ["log.eval_prompts=0", *args.overrides])), args.batches)
+        path = write_results(args.out, f"gradient_snr_{tag}", rows, command)
+        print(markdown_table(rows, SNR_COLUMNS))
     else:
         methods = [m for m in SHAPES_METHODS if m.name.startswith("pro-grpo")]
         rows = selection_quality(args.config, methods, args.batches, args.prompts, overrides=args.overrides)

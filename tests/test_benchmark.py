@@ -3,6 +3,7 @@ iteration per kind of method on the built-in model, selection quality against th
 import json
 
 import pytest
+import torch
 
 from progrpo_fast import benchmark as bench
 from progrpo_fast.benchmark import Method, UnitCosts, iteration_counts, predict
@@ -94,6 +95,57 @@ def test_selection_quality_is_bounded_by_the_oracle():
         assert r["kept_over_oracle"] <= 1 + 1e-6
 
 
+@pytest.mark.parametrize("snr", [0.0, 0.05, 1.0])
+def test_signal_to_noise_estimate_recovers_a_known_ratio(snr):
+    """Draws g = mu + noise with |mu|^2 = snr * tr(Cov) in 256 dimensions."""
+    gen = torch.Generator().manual_seed(0)
+    n, dim = 4000, 256
+    mu = torch.zeros(dim)
+    mu[0] = (snr * dim) ** 0.5  # tr(Cov) = dim for unit-variance noise
+    draws = mu + torch.randn(n, dim, generator=gen)
+    estimate = bench.signal_to_noise(draws.sum(0), float(draws.pow(2).sum()), n)
+    assert estimate == pytest.approx(snr, abs=0.01 + 0.05 * snr)
+    with pytest.raises(ValueError, match="n >= 2"):
+        bench.signal_to_noise(draws[0], 1.0, 1)
+
+
+def test_gradient_snr_per_trained_step_leaves_the_weights_alone(tmp_path):
+    trainer = tiny_trainer(tmp_path, "train.beta_kl=0")
+    before = [p.detach().clone() for p in trainer.parameters]
+    rows = bench.gradient_snr(trainer, batches=3)
+    assert [r["step"] for r in rows] == [0, 1, 2, "all"]  # T = 4 steps: steps 0..2 are trainable
+    assert all(r["rows_per_batch"] == 3 and r["batches"] == 3 for r in rows)  # 1 prompt x K = 3 survivors
+    assert all(r["snr_per_batch"] == r["snr_per_batch"] for r in rows)  # finite, not NaN
+    assert all(torch.equal(a, b) for a, b in zip(before, trainer.parameters)) and trainer.iteration == 0
+
+
+def test_sd35_medium_sized_random_model_for_gpu_throughput(tmp_path):
+    """model.kind=sd35m_random: SD3.5-Medium's published transformer and VAE sizes (built on the
+    meta device here: no memory), selectable from a config, with no model.path."""
+    from progrpo_fast.models.tiny import sd35_medium_sized_pipeline
+
+    pipe = sd35_medium_sized_pipeline(device="meta")
+    assert sum(p.numel() for p in pipe.transformer.parameters()) == pytest.approx(2.243e9, rel=1e-3)
+    assert len(pipe.transformer.transformer_blocks) == 24 and pipe.transformer.config.dual_attention_layers == tuple(range(13))
+    assert pipe.vae.config.latent_channels == 16 and pipe.vae_scale_factor == 8 and pipe.tokenizer.model_max_length == 77
+    config = load_config("sd35m_pickscore", ["model.kind=sd35m_random", "reward.weights={jpeg_compressibility: 1.0}", "prompts.source=shapes"])
+    assert config.model.path is None and config.model.resolution == 512
+    with pytest.raises(ValueError, match="takes no model.path"):
+        load_config(None, ["model.kind=sd35m_random", f"model.path={tmp_path}"])
+
+
+def test_build_model_wraps_the_sd35m_sized_pipeline(monkeypatch):
+    """The config -> model path of model.kind=sd35m_random, with the tiny pipeline standing in for
+    the 2.2e9-parameter one (which this CPU test cannot afford to run)."""
+    from progrpo_fast.models import tiny
+    from progrpo_fast.train.run import build_model
+
+    monkeypatch.setattr(tiny, "sd35_medium_sized_pipeline", lambda device: tiny_sd3_pipeline())
+    config = load_config(None, ["model.kind=sd35m_random", "model.resolution=16", "model.dtype=bf16", "model.max_sequence_length=4"])
+    model = build_model(config.model, device="cpu")
+    assert isinstance(model, SD3Denoiser) and model.dtype == torch.bfloat16 and model.latent_shape() == (4, 8, 8)
+
+
 def test_compute_to_reach_interpolates_the_seed_mean_curve():
     records = [{"method": "m", "seed": s, "iteration": i, "tflops": 2.0 * i, "eval_reward": r}
                for s, rewards in enumerate([[0.0, 0.4, 0.8], [0.0, 0.2, 0.6]]) for i, r in enumerate(rewards)]
@@ -124,7 +176,7 @@ def test_cli_bench_help_lists_the_benchmarks(capsys):
     with pytest.raises(SystemExit):
         main(["bench", "--help"])
     out = capsys.readouterr().out
-    assert "throughput" in out and "selection" in out
+    assert "throughput" in out and "selection" in out and "snr" in out
 
 
 def test_bench_rejects_unknown_benchmark():

@@ -183,31 +183,49 @@ def test_unknown_lora_target_is_a_clear_error(tmp_path):
 
 
 # ------------------------------------------------------------------ two processes on gloo
-def _worker(rank, world, port, out_dir, queue):
+def _worker(rank, world, port, out_dir, queue, overrides, resume):
     os.environ.update(RANK=str(rank), WORLD_SIZE=str(world), MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     torch.set_num_threads(1)
-    summary = train(config(out_dir, "train.iterations=2"), model=model(), reward=Brightness())
-    from progrpo_fast.train.run import Distributed  # noqa: F401  (process group set up by train)
-
-    trainer_params = summary["history"][-1]
-    queue.put((rank, trainer_params["reward_mean"], torch.distributed.get_rank()))
+    summary = train(config(out_dir, *overrides), resume=resume, model=model(), reward=Brightness())
+    queue.put((rank, summary["history"][-1]["reward_mean"], torch.distributed.get_rank()))
     torch.distributed.destroy_process_group()
 
 
-def test_two_processes_on_gloo_train_rank_local_groups(tmp_path):
+def run_two_processes(out_dir, *overrides, resume=False):
+    """train() in 2 spawned processes on gloo -> [(rank, last logged reward_mean, process-group rank)]."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     ctx = mp.get_context("spawn")
     queue = ctx.Queue()
-    procs = [ctx.Process(target=_worker, args=(rank, 2, port, tmp_path, queue)) for rank in range(2)]
+    procs = [ctx.Process(target=_worker, args=(rank, 2, port, out_dir, queue, overrides, resume)) for rank in range(2)]
     for p in procs:
         p.start()
     for p in procs:
         p.join(timeout=600)
     assert all(p.exitcode == 0 for p in procs)
-    results = sorted(queue.get(timeout=5) for _ in range(2))
-    assert [r[0] for r in results] == [0, 1]
+    return sorted(queue.get(timeout=5) for _ in range(2))
+
+
+def test_two_processes_on_gloo_train_rank_local_groups(tmp_path):
+    results = run_two_processes(tmp_path, "train.iterations=2")
+    assert [r[0] for r in results] == [0, 1] == [r[2] for r in results]
     assert results[0][1] == pytest.approx(results[1][1])  # logged metrics are averaged across ranks
     step, state = trainable(tmp_path)
     assert step == 2
+
+
+def test_fsdp_matches_ddp_and_resumes(tmp_path):
+    """train.parallel=fsdp (weights, gradients and AdamW state sharded over 2 ranks) trains the same
+    weights as ddp, and 1 iteration + --resume + 1 iteration equals 2 iterations under fsdp."""
+    ddp, fsdp, resumed = tmp_path / "ddp", tmp_path / "fsdp", tmp_path / "fsdp_resumed"
+    run_two_processes(ddp, "train.iterations=2")
+    run_two_processes(fsdp, "train.iterations=2", "train.parallel=fsdp")
+    run_two_processes(resumed, "train.iterations=1", "train.parallel=fsdp")
+    run_two_processes(resumed, "train.iterations=2", "train.parallel=fsdp", resume=True)
+    (_, weights_ddp), (_, weights_fsdp), (step, weights_resumed) = map(trainable, (ddp, fsdp, resumed))
+    assert step == 2 and list(weights_fsdp) == list(weights_ddp)
+    assert any(float(w.abs().max()) > 0 for n, w in weights_fsdp.items() if "lora_B" in n)  # trained (lora_B starts at 0)
+    for name in weights_ddp:
+        torch.testing.assert_close(weights_fsdp[name], weights_ddp[name], rtol=1e-4, atol=2e-5)  # AdamW at lr 1e-2 steps ~1e-2
+        torch.testing.assert_close(weights_resumed[name], weights_fsdp[name], rtol=0, atol=1e-7)

@@ -82,7 +82,8 @@ def optional(check):
 class ModelConfig:
     """The model to train.
 
-    kind: "shapes" (the built-in tiny SD3 model), "sd3", "flux" or "sd1".
+    kind: "shapes" (the built-in tiny SD3 model), "sd3", "flux", "sd1", or "sd35m_random" (random
+        weights at SD3.5-Medium's size, for throughput benchmarks; no path).
     path: local diffusers folder; None with kind "shapes" loads the shipped weights.
     dtype: weights' dtype: "fp32", "bf16" or "fp16".
     resolution: image side in pixels (None: the model's default).
@@ -91,7 +92,7 @@ class ModelConfig:
     attention: "sdpa" (torch) or "xformers".
     """
 
-    kind: Literal["shapes", "sd3", "flux", "sd1"] = option("shapes")
+    kind: Literal["shapes", "sd3", "flux", "sd1", "sd35m_random"] = option("shapes")
     path: str | None = option(None)
     dtype: Literal["fp32", "bf16", "fp16"] = option("fp32")
     resolution: int | None = option(None, optional((lambda v: v >= 8 and v % 8 == 0, "a multiple of 8, >= 8")))
@@ -165,6 +166,9 @@ class TrainConfig:
     grad_clip: gradient-norm clip.
     ema_decay: EMA of the trainable weights per iteration, None disables it.
     mixed_precision: autocast dtype: "no", "bf16" or "fp16".
+    parallel: with several processes (torchrun), "ddp" replicates the network and all-reduces the
+        gradients; "fsdp" shards weights, gradients and optimizer state across the ranks (FSDP2
+        fully_shard on each block of the network's block lists, then on the whole network).
     """
 
     iterations: int = option(100, at_least(1))
@@ -188,6 +192,7 @@ class TrainConfig:
     grad_clip: float = option(1.0, positive())
     ema_decay: float | None = option(None, optional((lambda v: 0 < v < 1, "in (0, 1)")))
     mixed_precision: Literal["no", "bf16", "fp16"] = option("no")
+    parallel: Literal["ddp", "fsdp"] = option("ddp")
 
 
 @dataclass
@@ -425,7 +430,10 @@ class Config:
 
     def _check_paths(self) -> None:
         model = self.model
-        if model.path is None and model.kind != "shapes":
+        if model.kind == "sd35m_random" and model.path is not None:
+            raise ValueError("model.kind=sd35m_random builds random weights and takes no model.path: set model.path=null, "
+                             "or model.kind=sd3 to load a local SD3.5 folder")
+        if model.path is None and model.kind not in ("shapes", "sd35m_random"):
             example = DOWNLOAD_EXAMPLES[model.kind]
             folder = f"/models/{example.split('/')[1]}"
             raise ValueError(

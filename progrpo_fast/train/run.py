@@ -27,6 +27,13 @@ def build_model(model_cfg, device=None):
         pipe = shapes_model.load_shapes_pipeline(model_cfg.path or shapes_model.SHAPES_MODEL_DIR, device=device, dtype=dtype)
         return SD3Denoiser(pipe, resolution=model_cfg.resolution or shapes_model.RESOLUTION, guidance_scale=model_cfg.guidance_scale,
                            max_sequence_length=model_cfg.max_sequence_length or shapes_model.T5_TOKENS)
+    if model_cfg.kind == "sd35m_random":
+        from progrpo_fast.models.sd3 import SD3Denoiser
+        from progrpo_fast.models.tiny import sd35_medium_sized_pipeline
+
+        pipe = sd35_medium_sized_pipeline(device=device).to(dtype=dtype)
+        return SD3Denoiser(pipe, resolution=model_cfg.resolution or 512, guidance_scale=model_cfg.guidance_scale,
+                           max_sequence_length=model_cfg.max_sequence_length or 256)
     if model_cfg.kind == "sd3":
         from progrpo_fast.models.sd3 import SD3Denoiser as adapter
 
@@ -244,7 +251,7 @@ def train(config, resume: bool = False, model=None, reward=None) -> dict:
     ``resume``); returns a summary with the first and last iterations' metrics."""
     from tqdm import tqdm
 
-    dist = Distributed.from_environment()
+    dist = Distributed.from_environment(config.train.parallel)
     out_dir = Path(config.log.out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     model = model or build_model(config.model)
@@ -259,37 +266,40 @@ def train(config, resume: bool = False, model=None, reward=None) -> dict:
             trainer.load_state_dict(found[1])
             print(f"[progrpo-fast] resumed from iteration {trainer.iteration} ({store.directory})")
     main_rank = dist.rank == 0
+    evaluates = bool(config.log.eval_prompts) and (main_rank or dist.sharded)  # a sharded network needs every rank
     loggers = Loggers(config, out_dir, resume) if main_rank else None
     bar = tqdm(total=config.train.iterations, initial=trainer.iteration, disable=not (config.log.progress and main_rank),
                desc="Pro-GRPO", unit="it")
     summary = {}
-    if main_rank and config.log.eval_prompts:
+    if evaluates:
         before = evaluations(config, model, reward)
         summary.update(evaluation_summary(before, "before", trainer.iteration))
     history, started = [], time.perf_counter()
     while trainer.iteration < config.train.iterations:
         metrics = trainer.train_iteration()
         every = config.log.eval_every
-        if main_rank and config.log.eval_prompts and every and trainer.iteration % every == 0:
+        if evaluates and every and trainer.iteration % every == 0:
             metrics["eval_reward"] = evaluate(config, model, reward)["reward_mean"]
         history.append(metrics)
+        due = trainer.iteration % config.log.checkpoint_every == 0 or trainer.iteration == config.train.iterations
+        state = trainer.state_dict() if due and (main_rank or dist.sharded) else None
         if main_rank:
             loggers.log(metrics)
             bar.set_postfix(reward=f"{metrics['reward_mean']:.3f}", kl=f"{metrics['kl']:.2e}",
                             steps_per_s=f"{metrics['trajectory_steps_per_s']:.0f}")
             bar.update(1)
-            due = trainer.iteration % config.log.checkpoint_every == 0 or trainer.iteration == config.train.iterations
-            if due:
-                store.save(trainer.iteration, trainer.state_dict())
+            if state is not None:
+                store.save(trainer.iteration, state)
     bar.close()
     summary.update(iterations=trainer.iteration, seconds=time.perf_counter() - started, history=history,
                    **trajectory_step_savings(trainer.schedule))
+    if evaluates:
+        after = evaluations(config, model, reward)
+        summary.update(evaluation_summary(after, "after", trainer.iteration))
     if main_rank:
         loggers.close()
         summary["reward_curve"] = plot_reward_curve(loggers.jsonl, out_dir / "reward_curve.png")
         if config.log.eval_prompts:
-            after = evaluations(config, model, reward)
-            summary.update(evaluation_summary(after, "after", trainer.iteration))
             summary["before_after_grid"] = save_before_after(before[""], after[""], out_dir / "before_after.png")
         record = {k: (str(v) if isinstance(v, Path) else v) for k, v in summary.items() if k != "history"}
         (out_dir / "summary.json").write_text(json.dumps(record, indent=2) + "\n")

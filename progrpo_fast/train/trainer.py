@@ -39,21 +39,50 @@ def score_images(reward, images: torch.Tensor, prompts: list[str]) -> tuple[dict
     return components, sum(reward.weights[name] * value for name, value in components.items())
 
 
+def full_tensor(t: torch.Tensor) -> torch.Tensor:
+    """The whole tensor of an FSDP-sharded DTensor (a collective: every rank must call it); the
+    tensor itself otherwise."""
+    return t.full_tensor() if hasattr(t, "full_tensor") else t
+
+
+def shard_like(full: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """``full`` laid out as ``like``: this rank's shard when ``like`` is a DTensor."""
+    if hasattr(like, "device_mesh"):
+        from torch.distributed.tensor import distribute_tensor
+
+        return distribute_tensor(full.to(like.device, like.dtype), like.device_mesh, like.placements)
+    return full
+
+
+def fully_shard_network(network: torch.nn.Module) -> None:
+    """FSDP2: shard each block of the network's block lists (transformer_blocks, down_blocks, ...)
+    as its own unit, then the rest of the network."""
+    from torch.distributed.fsdp import fully_shard
+
+    for child in network.children():
+        if isinstance(child, torch.nn.ModuleList):
+            for block in child:
+                fully_shard(block)
+    fully_shard(network)
+
+
 @dataclass
 class Distributed:
     """Rank-local groups: each rank samples its own prompts and prunes its own groups; only the
-    gradients (and logged scalars) are averaged across ranks."""
+    gradients (and logged scalars) are averaged across ranks. ``sharded`` (train.parallel=fsdp):
+    the network is FSDP-sharded, so every rank runs every forward pass (evaluations included)."""
 
     rank: int = 0
     world_size: int = 1
+    sharded: bool = False
 
     @classmethod
-    def from_environment(cls) -> "Distributed":
+    def from_environment(cls, parallel: str = "ddp") -> "Distributed":
         world = int(os.environ.get("WORLD_SIZE", "1"))
         if world > 1 and not torch.distributed.is_initialized():
             backend = "nccl" if torch.cuda.is_available() else "gloo"
             torch.distributed.init_process_group(backend)
-        return cls(int(os.environ.get("RANK", "0")), world)
+        return cls(int(os.environ.get("RANK", "0")), world, sharded=world > 1 and parallel == "fsdp")
 
     def average_(self, tensors) -> None:
         if self.world_size > 1:
@@ -76,6 +105,11 @@ class Trainer:
         self.sampler = ExpandPruneSampler(model, sample_schedule, self.proxy, method=samp.method, eta=samp.eta)
         self.network = model.network
         self._setup_trainable(train)
+        if self.dist.sharded:
+            fully_shard_network(self.network)
+            if self.reference_copy is not None:
+                fully_shard_network(self.reference_copy)
+            self.parameters = [p for p in self.network.parameters() if p.requires_grad]  # now sharded DTensors
         self.optimizer = torch.optim.AdamW(self.parameters, lr=train.lr, betas=tuple(train.adam_betas), eps=train.adam_eps,
                                            weight_decay=train.weight_decay)
         self.ema = [p.detach().clone().float() for p in self.parameters] if train.ema_decay else None
@@ -139,9 +173,10 @@ class Trainer:
         return torch.autocast(self.model.device.type, dtype=dtype)
 
     # ------------------------------------------------------------------ one iteration
-    def train_iteration(self) -> dict:
+    def rollout(self, iteration: int):
+        """Iteration ``iteration``'s rollout, scored: (survivors, reward components, weighted
+        reward, advantages, {"sample_s", "proxy_s", "reward_s"})."""
         cfg, train = self.config, self.config.train
-        iteration = self.iteration
         timings, device = {}, self.model.device
         start = synchronized_clock(device)
         prompts = self.prompts(iteration, self.dist.rank, cfg.sampler.prompts_per_iteration)
@@ -160,6 +195,11 @@ class Trainer:
             advantages = weighted_group_advantages(components, self.reward.weights, group, std=train.adv_std, clip=train.adv_clip)
         else:
             advantages = group_advantages(weighted, group, std=train.adv_std, clip=train.adv_clip)
+        return rollout, components, weighted, advantages, timings
+
+    def train_iteration(self) -> dict:
+        rollout, components, weighted, advantages, timings = self.rollout(self.iteration)
+        iteration, group, device = self.iteration, rollout.group_size, self.model.device
         probe_report = self.proxy.observe(rollout.trajectory_ids, weighted) if isinstance(self.proxy, ProbeProxy) else {}
 
         start = synchronized_clock(device)
@@ -231,8 +271,9 @@ class Trainer:
                         totals["kl"] += float(kl.detach())
                         totals["clip_fraction"] += float(clip_fraction)
                         terms += 1
-                self.dist.average_([p.grad for p in self.parameters if p.grad is not None])
-                totals["grad_norm"] += float(torch.nn.utils.clip_grad_norm_(self.parameters, train.grad_clip))
+                if not self.dist.sharded:  # FSDP reduce-scatters (averages) the gradients in backward
+                    self.dist.average_([p.grad for p in self.parameters if p.grad is not None])
+                totals["grad_norm"] += float(full_tensor(torch.nn.utils.clip_grad_norm_(self.parameters, train.grad_clip)))
                 self.optimizer.step()
                 updates += 1
         stats = {name: value / max(terms, 1) for name, value in totals.items() if name != "grad_norm"}
@@ -273,13 +314,14 @@ class Trainer:
 
     # ------------------------------------------------------------------ state
     def state_dict(self) -> dict:
+        """The whole (unsharded) training state; under FSDP a collective that every rank calls."""
         from progrpo_fast.train.checkpoint import capture_rng_state
 
         return {
             "iteration": self.iteration,
-            "trainable": {n: p.detach().clone() for n, p in zip(self.parameter_names, self.parameters)},
-            "optimizer": self.optimizer.state_dict(),
-            "ema": self.ema,
+            "trainable": {n: full_tensor(p.detach()).clone() for n, p in zip(self.parameter_names, self.parameters)},
+            "optimizer": self._optimizer_state(),
+            "ema": None if self.ema is None else [full_tensor(e).clone() for e in self.ema],
             "probe": self.proxy.state_dict() if isinstance(self.proxy, ProbeProxy) else None,
             "rng": capture_rng_state(),
             "config": self.config.to_dict(),
@@ -293,13 +335,34 @@ class Trainer:
             raise ValueError("the checkpoint's trainable parameters do not match this model/config (different LoRA targets or rank?)")
         with torch.no_grad():
             for name, p in zip(self.parameter_names, self.parameters):
-                p.copy_(saved[name])
-        self.optimizer.load_state_dict(state["optimizer"])
-        self.ema = state["ema"]
+                p.copy_(shard_like(saved[name], p))
+        self._load_optimizer_state(state["optimizer"])
+        self.ema = None if state["ema"] is None else [shard_like(e, p) for e, p in zip(state["ema"], self.parameters)]
         if state.get("probe") is not None and isinstance(self.proxy, ProbeProxy):
             self.proxy.load_state_dict(state["probe"])
         restore_rng_state(state["rng"])
         self.iteration = state["iteration"]
+
+
+    def _optimizer_state(self) -> dict:
+        if not self.dist.sharded:
+            return self.optimizer.state_dict()
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, get_optimizer_state_dict
+
+        return get_optimizer_state_dict(self.network, self.optimizer, options=StateDictOptions(full_state_dict=True))
+
+    def _load_optimizer_state(self, state: dict) -> None:
+        saved_sharded = any(isinstance(key, str) for key in state["state"])  # FSDP's state is keyed by parameter name
+        if state["state"] and saved_sharded != self.dist.sharded:
+            saved, now = ("fsdp", "ddp or one process") if saved_sharded else ("ddp or one process", "fsdp")
+            raise ValueError(f"the checkpoint was written with train.parallel={saved} but this run uses {now}; "
+                             "resume with the same train.parallel and number of processes")
+        if not self.dist.sharded:
+            self.optimizer.load_state_dict(state)
+            return
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
+
+        set_optimizer_state_dict(self.network, self.optimizer, state, options=StateDictOptions(full_state_dict=True))
 
 
 def write_jsonl(path, record: dict) -> None:
