@@ -207,24 +207,19 @@ def run_two_processes(out_dir, *overrides, resume=False):
     return sorted(queue.get(timeout=5) for _ in range(2))
 
 
-def test_two_processes_on_gloo_train_rank_local_groups(tmp_path):
-    results = run_two_processes(tmp_path, "train.iterations=2")
+def test_two_processes_on_gloo_ddp_and_fsdp(tmp_path):
+    """Rank-local groups on 2 processes: ddp averages the logged metrics and checkpoints; fsdp
+    (weights, gradients and AdamW state sharded over the ranks) trains the same weights as ddp, and
+    1 iteration + --resume + 1 iteration equals 2 iterations under fsdp."""
+    ddp, fsdp, resumed = tmp_path / "ddp", tmp_path / "fsdp", tmp_path / "fsdp_resumed"
+    results = run_two_processes(ddp, "train.iterations=2")
     assert [r[0] for r in results] == [0, 1] == [r[2] for r in results]
     assert results[0][1] == pytest.approx(results[1][1])  # logged metrics are averaged across ranks
-    step, state = trainable(tmp_path)
-    assert step == 2
-
-
-def test_fsdp_matches_ddp_and_resumes(tmp_path):
-    """train.parallel=fsdp (weights, gradients and AdamW state sharded over 2 ranks) trains the same
-    weights as ddp, and 1 iteration + --resume + 1 iteration equals 2 iterations under fsdp."""
-    ddp, fsdp, resumed = tmp_path / "ddp", tmp_path / "fsdp", tmp_path / "fsdp_resumed"
-    run_two_processes(ddp, "train.iterations=2")
     run_two_processes(fsdp, "train.iterations=2", "train.parallel=fsdp")
     run_two_processes(resumed, "train.iterations=1", "train.parallel=fsdp")
     run_two_processes(resumed, "train.iterations=2", "train.parallel=fsdp", resume=True)
-    (_, weights_ddp), (_, weights_fsdp), (step, weights_resumed) = map(trainable, (ddp, fsdp, resumed))
-    assert step == 2 and list(weights_fsdp) == list(weights_ddp)
+    (step_ddp, weights_ddp), (_, weights_fsdp), (step, weights_resumed) = map(trainable, (ddp, fsdp, resumed))
+    assert step_ddp == step == 2 and list(weights_fsdp) == list(weights_ddp)
     assert any(float(w.abs().max()) > 0 for n, w in weights_fsdp.items() if "lora_B" in n)  # trained (lora_B starts at 0)
     for name in weights_ddp:
         torch.testing.assert_close(weights_fsdp[name], weights_ddp[name], rtol=1e-4, atol=2e-5)  # AdamW at lr 1e-2 steps ~1e-2

@@ -343,7 +343,6 @@ class Trainer:
         restore_rng_state(state["rng"])
         self.iteration = state["iteration"]
 
-
     def _optimizer_state(self) -> dict:
         if not self.dist.sharded:
             return self.optimizer.state_dict()
