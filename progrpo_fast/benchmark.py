@@ -181,6 +181,18 @@ def method_config(base: str | None, method: Method, overrides=()):
     return load_config(base, [*method.overrides(), *overrides])
 
 
+def select_methods(methods: list[Method], names: str | None) -> list[Method]:
+    """The methods named in the comma-separated ``names`` (in that order), or all when None."""
+    if names is None:
+        return methods
+    by_name = {m.name: m for m in methods}
+    wanted = [name.strip() for name in names.split(",") if name.strip()]
+    unknown = [name for name in wanted if name not in by_name]
+    if unknown or not wanted:
+        raise ValueError(f"--methods must name one or more of {', '.join(by_name)}, got {names!r}")
+    return [by_name[name] for name in wanted]
+
+
 def warmup_iterations(trainer) -> int:
     """1, or enough for the probe proxy to have fitted (its min_samples survivor rewards) plus 1."""
     from progrpo_fast.sampling.proxies import ProbeProxy
@@ -273,7 +285,8 @@ def reward_per_compute(base: str | None, methods: list[Method], seeds: list[int]
                        out_dir: Path, overrides=()) -> list[dict]:
     """Trains every method with every seed on the same FLOP budget (``budget_iterations`` of the
     first method's iterations); returns one record per (method, seed, evaluation): cumulative
-    TFLOPs and training wall time at that point and the held-out evaluation reward."""
+    TFLOPs and training wall time at that point and the evaluation reward (log.eval_prompts of the
+    caption pool when training on one, else fresh prompts; fixed noise)."""
     from progrpo_fast.train.run import train
 
     per_iteration = {}
@@ -347,11 +360,10 @@ def selection_quality(base: str | None, methods: list[Method], batches: int, pro
     trainer = build_trainer(config)
     model, reward = trainer.model, trainer.reward
     schedule = PruneSchedule.from_string(methods[0].schedule)
-    full = ExpandPruneSampler(model, PruneSchedule.naive(schedule.group_size_max, schedule.num_steps),
-                              method=config.sampler.method, eta=config.sampler.eta)
+    full = ExpandPruneSampler.from_config(model, PruneSchedule.naive(schedule.group_size_max, schedule.num_steps), config.sampler)
     draw_prompts = build_prompts(config, stream=2000)
-    samplers = {m.name: ExpandPruneSampler(model, PruneSchedule.from_string(m.schedule), trainer._build_proxy(method_config(base, m, overrides).sampler),
-                                           method=config.sampler.method, eta=config.sampler.eta) for m in methods}
+    samplers = {m.name: ExpandPruneSampler.from_config(model, PruneSchedule.from_string(m.schedule), config.sampler,
+                                                       trainer._build_proxy(method_config(base, m, overrides).sampler)) for m in methods}
     sums: dict[tuple[str, int], dict[str, list[float]]] = {}
     gen = torch.Generator().manual_seed(seed)
     for batch in range(batches):
@@ -408,18 +420,18 @@ def gradient_snr(trainer, batches: int) -> list[dict]:
     objective at each trainable step t and summed over all of them. One iteration's gradient, which
     averages its survivor rows, has SNR s; averaging m iterations gives m * s, so the update's
     direction is resolved (SNR 1) after about rows / s trained rows (``rows_for_snr_1``)."""
-    steps = trainer.schedule.num_steps - 1
-    sums = {t: [0.0, 0.0] for t in [*range(steps), "all"]}  # per step: [sum of gradients, sum of squared norms]
+    steps = trainer.trainable_steps
+    sums = {t: [0.0, 0.0] for t in [*steps, "all"]}  # per step: [sum of gradients, sum of squared norms]
     rows = 0
     for batch in range(batches):
         rollout, _, _, advantages, _ = trainer.rollout(batch)
         rows = rollout.latents.shape[0]
         per_step = []
-        for t in range(steps):
+        for t in steps:
             trainer.optimizer.zero_grad(set_to_none=True)
             trainer.step_objective(t, rollout.latents[:, t], rollout.latents[:, t + 1], rollout.log_probs[:, t], advantages, rollout.cond)[0].backward()
             per_step.append(torch.cat([p.grad.detach().flatten().double() for p in trainer.parameters]))
-        for key, g in [*enumerate(per_step), ("all", sum(per_step))]:
+        for key, g in [*zip(steps, per_step), ("all", sum(per_step))]:
             sums[key][0] = sums[key][0] + g
             sums[key][1] += float(g.pow(2).sum())
     trainer.optimizer.zero_grad(set_to_none=True)
@@ -503,7 +515,7 @@ def plot_reward_per_compute(records: list[dict], path: Path) -> Path:
             ax.fill_between(xs, [min(v) for v in values], [max(v) for v in values], color=line.get_color(), alpha=0.15)
     axes[0].set_xlabel("training compute (TFLOPs, cost model)")
     axes[1].set_xlabel("training wall time (s)")
-    axes[0].set_ylabel("held-out reward (mean over seeds; band: min-max)")
+    axes[0].set_ylabel("evaluation reward (mean over seeds; band: min-max)")
     axes[0].legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
@@ -547,6 +559,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seeds", type=int, default=3, help="reward: seeds per method")
     parser.add_argument("--budget", type=int, default=40, help="reward: FLOP budget, in iterations of naive GRPO")
     parser.add_argument("--eval-every", type=int, default=5, help="reward: iterations between evaluations")
+    parser.add_argument("--methods", default=None, help="reward: comma-separated methods to train, the first setting the budget's unit "
+                                                        f"(default: all of {','.join(m.name for m in SHAPES_METHODS)})")
     parser.add_argument("--batches", type=int, default=8, help="selection: rollouts (half fit the probe); snr: independent iterations (>= 2)")
     parser.add_argument("--prompts", type=int, default=8, help="selection: prompts per rollout")
     parser.add_argument("--tag", default=None, help="suffix of the result files (default: cpu or cuda)")
@@ -560,8 +574,9 @@ def main(argv: list[str] | None = None) -> int:
         plot_throughput(rows, args.out / f"throughput_{tag}.png")
         print(markdown_table(rows, THROUGHPUT_COLUMNS))
     elif args.what == "reward":
-        records = reward_per_compute(args.config, SHAPES_METHODS, list(range(args.seeds)), args.budget, args.eval_every, args.out, args.overrides)
-        naive = SHAPES_METHODS[0].name
+        methods = select_methods(SHAPES_METHODS, args.methods)
+        records = reward_per_compute(args.config, methods, list(range(args.seeds)), args.budget, args.eval_every, args.out, args.overrides)
+        naive = methods[0].name
         final_naive = seed_mean_curve(records, naive)[-1]
         summary = []
         for method in dict.fromkeys(r["method"] for r in records):

@@ -81,7 +81,7 @@ def command_sample(args) -> int:
     model = build_model(config.model)
     schedule = PruneSchedule.from_string(config.sampler.schedule)
     prompts = args.prompt or build_prompts(config)(0, 0, args.num_prompts)
-    sampler = ExpandPruneSampler(model, PruneSchedule.naive(args.per_prompt, schedule.num_steps), method=config.sampler.method, eta=config.sampler.eta)
+    sampler = ExpandPruneSampler.from_config(model, PruneSchedule.naive(args.per_prompt, schedule.num_steps), config.sampler)
     rollout = sampler.sample(prompts, seed=args.seed)
     with torch.no_grad():
         images = model.decode(rollout.final_latents)

@@ -13,7 +13,7 @@ from progrpo_fast.train.config import load_config
 from progrpo_fast.train.trainer import Trainer
 
 FLOW = "48:5=24,7=12@10"
-SMALL = ["sampler.prompts_per_iteration=1", "train.minibatch_rows=4", "log.eval_prompts=0", "log.progress=false"]
+SMALL = ["sampler.prompts_per_iteration=1", "sampler.proxy=latent", "train.minibatch_rows=4", "log.eval_prompts=0", "log.progress=false"]
 
 
 class Brightness:
@@ -110,10 +110,12 @@ def test_signal_to_noise_estimate_recovers_a_known_ratio(snr):
 
 
 def test_gradient_snr_per_trained_step_leaves_the_weights_alone(tmp_path):
-    trainer = tiny_trainer(tmp_path, "train.beta_kl=0")
+    trainer = tiny_trainer(tmp_path, "train.beta_kl=0", "sampler.noise_steps=null")
     before = [p.detach().clone() for p in trainer.parameters]
     rows = bench.gradient_snr(trainer, batches=3)
     assert [r["step"] for r in rows] == [0, 1, 2, "all"]  # T = 4 steps: steps 0..2 are trainable
+    window = bench.gradient_snr(tiny_trainer(tmp_path, "train.beta_kl=0", "sampler.noise_steps=[1]"), batches=2)
+    assert [r["step"] for r in window] == [1, "all"]
     assert all(r["rows_per_batch"] == 3 and r["batches"] == 3 for r in rows)  # 1 prompt x K = 3 survivors
     assert all(r["snr_per_batch"] == r["snr_per_batch"] for r in rows)  # finite, not NaN
     assert all(torch.equal(a, b) for a, b in zip(before, trainer.parameters)) and trainer.iteration == 0
@@ -182,3 +184,11 @@ def test_cli_bench_help_lists_the_benchmarks(capsys):
 def test_bench_rejects_unknown_benchmark():
     with pytest.raises(SystemExit):
         bench.main(["speed"])
+
+
+def test_select_methods_keeps_the_named_order_and_rejects_unknown_names():
+    methods = bench.SHAPES_METHODS
+    assert bench.select_methods(methods, None) == methods
+    assert [m.name for m in bench.select_methods(methods, "naive-8, pro-grpo-reward")] == ["naive-8", "pro-grpo-reward"]
+    with pytest.raises(ValueError, match=r"--methods must name one or more of naive-8, static-ovf"):
+        bench.select_methods(methods, "naive-8,grpo")

@@ -129,6 +129,8 @@ def test_out_of_range_values(override, message):
     (["sampler.schedule=16:9=8@10"], r"config key 'sampler\.schedule' is invalid: checkpoints must be ints in \[1, num_steps - 1\)"),
     (["sampler.static_ovf=true", "sampler.schedule=24@10"], r"sampler\.static_ovf=true needs a pruned schedule"),
     (["sampler.method=cps", "sampler.eta=1.5"], r"'sampler\.eta' must be <= 1 with method 'cps'"),
+    (["sampler.noise_steps=[7]"], r"'sampler\.noise_steps' must be null or a non-empty list of steps in \[0, 7\)"),
+    (["sampler.noise_steps=[]"], r"'sampler\.noise_steps' must be null or a non-empty list"),
 ])
 def test_bad_schedules_and_sampler_settings(overrides, message):
     with raises(message):
@@ -249,6 +251,9 @@ def test_preset_contents():
     assert (sd14.model.kind, sd14.sampler.method, sd14.sampler.eta) == ("sd1", "ddim", 1.0)
     assert (sd14.sampler.schedule, sd14.model.resolution, sd14.model.guidance_scale) == ("48:30=32,40=8@50", 512, 7.5)
     assert load_config("shapes_naive", [], check_paths=False).sampler.schedule == "8@8"
+    shapes = load_config("shapes", [])
+    assert (shapes.sampler.noise_steps, shapes.train.timestep_fraction, shapes.prompts.pool) == ([0, 1], 1.0, 4)
+    assert flow.sampler.noise_steps is None and sd14.sampler.noise_steps is None, "the paper's presets add noise at every step"
 
 
 def test_extends_merges_sections_key_by_key(tmp_path):

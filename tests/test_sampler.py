@@ -6,6 +6,7 @@ import torch
 from progrpo_fast.sampling import PruneSchedule
 from progrpo_fast.sampling.proxies import PROXIES, ProbeProxy, RewardProxy, spearman
 from progrpo_fast.sampling.sampler import ExpandPruneSampler
+from progrpo_fast.sampling.sde import keyed_noise
 
 
 class ToyFlow(torch.nn.Module):
@@ -108,6 +109,31 @@ def test_recomputed_log_probs_equal_the_recorded_ones(method):
 def test_ode_is_deterministic_in_the_noise_after_the_start():
     rollout = sampler("4@4", method="ode").sample(PROMPTS, seed=0)
     assert (rollout.log_probs == 0).all()
+
+
+@pytest.mark.parametrize("method", ["sde", "cps"])
+def test_noise_window_adds_noise_only_at_its_steps(method):
+    """Steps outside noise_steps are the eta = 0 step (no log-prob), the window's steps draw the
+    same keyed noise as the all-noise sampler, and the final samples still differ per trajectory."""
+    torch.manual_seed(0)
+    model = ToyFlow()
+    window = ExpandPruneSampler(model, PruneSchedule.naive(4, 5), method=method, noise_steps=[1, 2])
+    full = ExpandPruneSampler(model, PruneSchedule.naive(4, 5), method=method)
+    ode = ExpandPruneSampler(model, PruneSchedule.naive(4, 5), method="ode")
+    rollout, reference, deterministic = (s.sample(PROMPTS, seed=3) for s in (window, full, ode))
+    assert (rollout.log_probs[:, [0, 3, 4]] == 0).all() and (rollout.log_probs[:, [1, 2]] != 0).all()
+    torch.testing.assert_close(rollout.latents[:, 1], deterministic.latents[:, 1])  # step 0: the ODE step
+    for step in (1, 2):  # the window's steps draw the noise keyed by (seed, trajectory id, step)
+        x = rollout.latents[:, step]
+        out = window.stepper(step, x, model.predict(x, window.stepper.timesteps[step], rollout.cond), x_next=rollout.latents[:, step + 1])
+        eps = keyed_noise(3, rollout.trajectory_ids, step + 1, x.shape)
+        torch.testing.assert_close(rollout.latents[:, step + 1], out.mean + out.std * eps, rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(out.log_prob, rollout.log_probs[:, step], rtol=0, atol=1e-5)
+    assert not torch.allclose(rollout.final_latents, deterministic.final_latents)
+    assert not torch.allclose(rollout.final_latents, reference.final_latents)
+    assert [window.stepper.deterministic(t) for t in range(5)] == [True, False, False, True, True]
+    with pytest.raises(ValueError, match=r"noise_steps must be a non-empty list of steps in \[0, 5\)"):
+        ExpandPruneSampler(model, PruneSchedule.naive(4, 5), noise_steps=[5])
 
 
 def test_probe_fits_and_reports_spearman():

@@ -14,7 +14,7 @@ from progrpo_fast.train.grpo import group_advantages, kl_to_reference, policy_lo
 from progrpo_fast.train.run import train
 from progrpo_fast.train.trainer import Trainer
 
-BASE = ["sampler.schedule=6:2=3@4", "sampler.prompts_per_iteration=2", "train.lora_rank=4", "train.lora_alpha=8",
+BASE = ["sampler.schedule=6:2=3@4", "sampler.prompts_per_iteration=2", "sampler.proxy=latent", "train.lora_rank=4", "train.lora_alpha=8",
         "train.minibatch_rows=3", "train.lr=1e-2", "train.clip_range=0.2", "log.progress=false", "log.checkpoint_every=1",
         "log.eval_prompts=2", "log.eval_per_prompt=2"]
 
@@ -88,6 +88,19 @@ def test_first_inner_step_ratio_is_one_and_training_changes_the_adapter(tmp_path
     assert trainer.ema is not None and not torch.equal(trainer.ema[0], trainer.parameters[0].float())
 
 
+def test_a_noise_window_trains_only_its_steps_and_a_noiseless_sampler_is_refused(tmp_path):
+    cfg = config(tmp_path, "sampler.schedule=6:2=3@5", "sampler.noise_steps=[0,2]", "train.timestep_fraction=1.0")
+    trainer = Trainer(cfg, model(), Brightness(), lambda it, rank, n: ["a red circle"] * n)
+    assert trainer.trainable_steps == [0, 2] and trainer.trained_steps(0) == [0, 2]
+    metrics = trainer.train_iteration()
+    assert metrics["trained_steps"] == 2 and metrics["first_ratio_abs_error"] < 1e-3
+    half = Trainer(config(tmp_path, "sampler.schedule=6:2=3@5", "sampler.noise_steps=null", "train.timestep_fraction=0.5"),
+                   model(), Brightness(), lambda *a: [])
+    assert len(half.trained_steps(0)) == 2 and set(half.trained_steps(0)) <= {0, 1, 2, 3}
+    with pytest.raises(ValueError, match=r"sampler\.method='ode' with eta=0\.7 adds no noise before the last step: nothing to train"):
+        Trainer(config(tmp_path, "sampler.method=ode"), model(), Brightness(), lambda *a: [])
+
+
 def test_run_evaluates_before_and_after_and_writes_its_outputs(tmp_path):
     import json
 
@@ -104,6 +117,18 @@ def test_run_evaluates_before_and_after_and_writes_its_outputs(tmp_path):
     tile = 16 * (128 // 16)  # 16 px images enlarged to 128
     assert grid.size == ((2 * 2 + 1) * tile, 2 * tile)  # 2 prompts; 2 before | blank | 2 after
     assert summary["reward_curve"].is_file()
+
+
+def test_before_after_grid_shows_at_most_max_samples_per_prompt(tmp_path):
+    from PIL import Image
+
+    from progrpo_fast.train.run import save_before_after
+
+    def evaluation(value):  # 3 prompts x 5 samples of 32 px
+        return {"rewards": torch.zeros(3, 5), "images": torch.full((15, 3, 32, 32), value), "prompts": ["a", "b", "c"]}
+
+    path = save_before_after(evaluation(0.0), evaluation(1.0), tmp_path / "grid.png", max_prompts=2, max_samples=4)
+    assert Image.open(path).size == ((2 * 4 + 1) * 128, 2 * 128)  # 4 before | blank | 4 after, enlarged 4x
 
 
 def test_caption_pool_feeds_training_and_the_evaluation_keeps_held_out_prompts_apart():

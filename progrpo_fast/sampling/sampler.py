@@ -69,12 +69,18 @@ class Rollout:
 
 class ExpandPruneSampler:
     """sample(prompts, seed) runs the schedule on ``model`` (a Denoiser) with the step ``method``
-    ("sde", "cps", "ode" for flow models, "ddim" for diffusion) and ``proxy`` at checkpoints."""
+    ("sde", "cps", "ode" for flow models, "ddim" for diffusion), noise at ``noise_steps`` (None:
+    all) and ``proxy`` at checkpoints."""
 
-    def __init__(self, model: Denoiser, schedule: PruneSchedule, proxy=None, method: str = "sde", eta: float = 0.7):
+    def __init__(self, model: Denoiser, schedule: PruneSchedule, proxy=None, method: str = "sde", eta: float = 0.7, noise_steps=None):
         self.model, self.schedule = model, schedule
         self.proxy = proxy if proxy is not None else LatentProxy()
-        self.stepper = Stepper(model.kind, method, eta, model.schedule(schedule.num_steps))
+        self.stepper = Stepper(model.kind, method, eta, model.schedule(schedule.num_steps), noise_steps)
+
+    @classmethod
+    def from_config(cls, model: Denoiser, schedule: PruneSchedule, sampler_config, proxy=None) -> "ExpandPruneSampler":
+        """The sampler of a config's sampler section (method, eta, noise_steps) on ``schedule``."""
+        return cls(model, schedule, proxy, method=sampler_config.method, eta=sampler_config.eta, noise_steps=sampler_config.noise_steps)
 
     @torch.no_grad()
     def sample(self, prompts: list[str], seed: int, progress=None) -> Rollout:
@@ -108,7 +114,7 @@ class ExpandPruneSampler:
                 proxy_seconds += synchronized_clock(device) - started
             x = history[:, step]
             out = stepper(step, x, model.predict(x, stepper.timesteps[step], cond),
-                          eps=None if stepper.deterministic else keyed_noise(seed, trajectory_ids, step + 1, x.shape))
+                          eps=None if stepper.deterministic(step) else keyed_noise(seed, trajectory_ids, step + 1, x.shape))
             history[:, step + 1] = out.x_next
             log_probs[:, step] = out.log_prob
             x0_hat = out.x0_hat

@@ -109,6 +109,9 @@ class SamplerConfig:
     proxy: what checkpoints prune by: "latent", "reward" (the paper's), "probe" or "random".
     method: step rule: "sde" (Flow-GRPO), "cps" or "ode" for flow models; "ddim" for sd1.
     eta: noise level of the step rule (Flow-GRPO's 0.7 for sde; <= 1 for cps; 1.0 = DDPM for ddim).
+    noise_steps: the steps (0-based, before the last) that add noise, an SDE window as in
+        Flow-GRPO-Fast / MixGRPO: only they are trained, and every other step is deterministic
+        (eta = 0), so the group's reward spread comes from the trained steps alone. null: every step.
     grid: latent pooling grid (grid x grid per channel) of the latent and probe proxies.
     prompts_per_iteration: prompts sampled per iteration on each rank (groups of G_max rows).
     static_ovf: the static-OVF baseline: sample G_max unpruned, then keep each group's K by exact
@@ -116,9 +119,10 @@ class SamplerConfig:
     """
 
     schedule: str = option("16:3=8,5=4@8")
-    proxy: Literal["latent", "reward", "probe", "random"] = option("latent")
+    proxy: Literal["latent", "reward", "probe", "random"] = option("reward")
     method: Literal["sde", "cps", "ode", "ddim"] = option("sde")
     eta: float = option(0.7, non_negative())
+    noise_steps: list[int] | None = option([0, 1])
     grid: int = option(4, at_least(1))
     prompts_per_iteration: int = option(4, at_least(1))
     static_ovf: bool = option(False)
@@ -171,7 +175,7 @@ class TrainConfig:
         fully_shard on each block of the network's block lists, then on the whole network).
     """
 
-    iterations: int = option(100, at_least(1))
+    iterations: int = option(120, at_least(1))
     seed: int = option(0, non_negative())
     lr: float = option(1e-3, positive())
     weight_decay: float = option(1e-4, non_negative())
@@ -185,7 +189,7 @@ class TrainConfig:
     clip_range: float = option(1e-4, positive())
     adv_clip: float = option(5.0, positive())
     adv_std: Literal["group", "global"] = option("group")
-    timestep_fraction: float = option(0.5, (lambda v: 0 < v <= 1, "in (0, 1]"))
+    timestep_fraction: float = option(1.0, (lambda v: 0 < v <= 1, "in (0, 1]"))
     inner_epochs: int = option(1, at_least(1))
     minibatch_rows: int = option(16, at_least(1))
     grad_accum: int = option(1, at_least(1))
@@ -218,8 +222,8 @@ class LogConfig:
     tensorboard: bool = option(False)
     wandb: bool = option(False)
     progress: bool = option(True)
-    eval_prompts: int = option(16, at_least(0))
-    eval_per_prompt: int = option(4, at_least(1))
+    eval_prompts: int = option(4, at_least(0))
+    eval_per_prompt: int = option(32, at_least(1))
     eval_every: int = option(0, at_least(0))
 
 
@@ -234,7 +238,7 @@ class PromptsConfig:
     """
 
     source: str = option("shapes")
-    pool: int = option(16, at_least(0))
+    pool: int = option(4, at_least(0))
 
 
 # ----------------------------------------------------------------------------------- type checks
@@ -415,6 +419,9 @@ class Config:
             raise ValueError(f"sampler.method={samp.method!r} needs model.kind='sd1'; flow models ({', '.join(FLOW_KINDS)}) take one of {', '.join(FLOW_METHODS)}")
         if samp.method == "cps" and samp.eta > 1:
             raise ValueError(f"config key 'sampler.eta' must be <= 1 with method 'cps' (std = sigma_next * sin(eta * pi / 2)), got {samp.eta}")
+        if samp.noise_steps is not None and not (samp.noise_steps and all(0 <= t < schedule.num_steps - 1 for t in samp.noise_steps)):
+            raise ValueError(f"config key 'sampler.noise_steps' must be null or a non-empty list of steps in [0, {schedule.num_steps - 1}) "
+                             f"(the schedule has {schedule.num_steps} steps and its last is never trained), got {samp.noise_steps!r}")
         if samp.static_ovf and schedule.is_naive:
             raise ValueError(f"sampler.static_ovf=true needs a pruned schedule to take K of G_max from (e.g. '24:5=16,7=12@10'), got the naive {samp.schedule!r}")
         if model.kind == "flux" and model.resolution is not None and model.resolution % 16:

@@ -188,7 +188,7 @@ def evaluate(config, model, reward, held_out: bool = False) -> dict:
     prompts, per_prompt = evaluation_prompts(config, held_out), config.log.eval_per_prompt
     count = len(prompts)
     schedule = PruneSchedule.naive(per_prompt, PruneSchedule.from_string(config.sampler.schedule).num_steps)
-    sampler = ExpandPruneSampler(model, schedule, method=config.sampler.method, eta=config.sampler.eta)
+    sampler = ExpandPruneSampler.from_config(model, schedule, config.sampler)
     rollout = sampler.sample(prompts, seed=iteration_seed(config.train.seed, 0, EVAL_PROMPT_STREAM))
     images = model.decode(rollout.final_latents)
     rewards = score_images(reward, images, rollout.row_prompts)[1].view(count, per_prompt)
@@ -209,17 +209,19 @@ def evaluation_summary(results: dict[str, dict], when: str, iteration: int) -> d
     return {f"eval_{when}{key}": {"iteration": iteration, "reward_mean": result["reward_mean"]} for key, result in results.items()}
 
 
-def save_before_after(before: dict, after: dict, path: Path, max_prompts: int = 8) -> Path:
-    """One row per evaluation prompt: its samples before training | a blank | the same noise after."""
+def save_before_after(before: dict, after: dict, path: Path, max_prompts: int = 8, max_samples: int = 8) -> Path:
+    """One row per evaluation prompt (the first ``max_prompts``): its first ``max_samples`` samples
+    before training | a blank | the same noise after."""
     per_prompt = before["rewards"].shape[1]
+    shown = min(max_samples, per_prompt)
     rows = min(max_prompts, len(before["prompts"]))
     shape = before["images"].shape[1:]
     tiles = []
     for p in range(rows):
-        tiles += [*before["images"][p * per_prompt : (p + 1) * per_prompt], torch.ones(shape),
-                  *after["images"][p * per_prompt : (p + 1) * per_prompt]]
+        first = slice(p * per_prompt, p * per_prompt + shown)
+        tiles += [*before["images"][first], torch.ones(shape), *after["images"][first]]
     scale = max(1, 128 // shape[-1])
-    return save_grid(torch.stack(tiles), path, columns=2 * per_prompt + 1, scale=scale)
+    return save_grid(torch.stack(tiles), path, columns=2 * shown + 1, scale=scale)
 
 
 def plot_reward_curve(jsonl: Path, out_png: Path) -> Path | None:

@@ -102,7 +102,10 @@ class Trainer:
         self.schedule = PruneSchedule.from_string(samp.schedule)
         sample_schedule = PruneSchedule.naive(self.schedule.group_size_max, self.schedule.num_steps) if samp.static_ovf else self.schedule
         self.proxy = self._build_proxy(samp)
-        self.sampler = ExpandPruneSampler(model, sample_schedule, self.proxy, method=samp.method, eta=samp.eta)
+        self.sampler = ExpandPruneSampler.from_config(model, sample_schedule, samp, self.proxy)
+        if not self.trainable_steps:
+            raise ValueError(f"sampler.method={samp.method!r} with eta={samp.eta} adds no noise before the last step: nothing to train "
+                             f"(GRPO needs stochastic steps: use method sde, cps or ddim with eta > 0)")
         self.network = model.network
         self._setup_trainable(train)
         if self.dist.sharded:
@@ -236,13 +239,19 @@ class Trainer:
         rollout.group_size = keep
         return rollout, {k: v[index] for k, v in components.items()}, weighted[index]
 
+    @property
+    def trainable_steps(self) -> list[int]:
+        """The steps 0..T-2 that add noise (the last step is never trained)."""
+        stepper = self.sampler.stepper
+        return [t for t in range(self.schedule.num_steps - 1) if not stepper.deterministic(t)]
+
     def trained_steps(self, iteration: int) -> list[int]:
-        """ceil(timestep_fraction * (T - 1)) of the steps 0..T-2 (the last step is never trained),
-        chosen by a permutation keyed by (seed, iteration), in ascending order."""
-        last = self.schedule.num_steps - 1
-        count = max(1, math.ceil(self.config.train.timestep_fraction * last))
+        """ceil(timestep_fraction * n) of the n trainable steps, chosen by a permutation keyed by
+        (seed, iteration), in ascending order."""
+        candidates = self.trainable_steps
+        count = max(1, math.ceil(self.config.train.timestep_fraction * len(candidates)))
         gen = torch.Generator().manual_seed(iteration_seed(self.config.train.seed, iteration, 1))
-        return sorted(torch.randperm(last, generator=gen)[:count].tolist())
+        return sorted(candidates[i] for i in torch.randperm(len(candidates), generator=gen)[:count].tolist())
 
     def _update(self, rollout: Rollout, advantages: torch.Tensor) -> dict:
         train = self.config.train
