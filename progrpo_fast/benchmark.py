@@ -515,7 +515,7 @@ def plot_reward_per_compute(records: list[dict], path: Path) -> Path:
             ax.fill_between(xs, [min(v) for v in values], [max(v) for v in values], color=line.get_color(), alpha=0.15)
     axes[0].set_xlabel("training compute (TFLOPs, cost model)")
     axes[1].set_xlabel("training wall time (s)")
-    axes[0].set_ylabel("evaluation reward (mean over seeds; band: min-max)")
+    axes[0].set_ylabel("eval reward (seed mean, min-max band)")
     axes[0].legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
