@@ -11,9 +11,10 @@ _apply_interpreter_compat()
 
 from .compact import compact_  # noqa: E402
 from .group_variance import group_variance  # noqa: E402
+from .keyed_noise import keyed_noise  # noqa: E402
 from .ovf_select import ovf_select  # noqa: E402
 from .pool_latents import pool_latents  # noqa: E402
 from .prune_select import prune_select  # noqa: E402
 from .variance_select import variance_select  # noqa: E402
 
-__all__ = ["pool_latents", "group_variance", "ovf_select", "variance_select", "prune_select", "compact_"]
+__all__ = ["pool_latents", "group_variance", "keyed_noise", "ovf_select", "variance_select", "prune_select", "compact_"]

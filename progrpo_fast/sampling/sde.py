@@ -29,6 +29,7 @@ __all__ = [
     "ddim_step",
     "gaussian_log_prob",
     "keyed_noise",
+    "seed_tensor",
     "philox4x32",
     "flow_sigmas",
     "ddim_alphas",
@@ -224,12 +225,25 @@ def _cos_sin_quarter(phi: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return cos, phi * sin
 
 
+def _sqrt_rn(x: torch.Tensor) -> torch.Tensor:
+    """Correctly rounded fp32 sqrt of fp32 x >= 0 on every device (torch's CPU sqrt is not: it
+    differs from IEEE sqrt in the last bit for ~15% of fp32 inputs). r = fp32(sqrt(fp64(x))) is
+    within one fp32 ulp; it moves to its neighbour when x lies beyond the midpoint m between them,
+    tested exactly in fp64: m has 25 significant bits, so m * m is exact."""
+    r = torch.sqrt(x.double()).float()
+    up, down = torch.nextafter(r, torch.full_like(r, math.inf)), torch.nextafter(r, torch.zeros_like(r))
+    x64, r64 = x.double(), r.double()
+    mid_up, mid_down = (r64 + up.double()) / 2, (r64 + down.double()) / 2
+    r = torch.where(x64 > mid_up * mid_up, up, r)
+    return torch.where(x64 < mid_down * mid_down, down, r)
+
+
 def _box_muller(radius_bits: torch.Tensor, angle_bits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Two standard normals r cos(theta), r sin(theta) from two uint32 words (in int64):
     r = sqrt(-2 ln u), u = (hi24(radius_bits) + 1) / 2^24 in (0, 1]; theta = 2 pi w / 2^32 with
     w = hi24(angle_bits) << 8, taken as quadrant (top 2 bits) + angle (next 22 bits) * (pi/2) / 2^22."""
     u = ((radius_bits >> 8) + 1).to(torch.float32) * (1.0 / 2**24)  # exact in fp32
-    r = torch.sqrt(-2 * _log_unit(u))
+    r = _sqrt_rn(-2 * _log_unit(u))
     quadrant = angle_bits >> 30
     phi = ((angle_bits >> 8) & 0x3FFFFF).to(torch.float32) * (_HALF_PI / 2**22)
     c, s = _cos_sin_quarter(phi)
@@ -239,28 +253,39 @@ def _box_muller(radius_bits: torch.Tensor, angle_bits: torch.Tensor) -> tuple[to
     return r * cos, r * sin
 
 
-def keyed_noise(seed: int, traj_ids: torch.Tensor, step: int, shape, device=None) -> torch.Tensor:
+def keyed_noise(seed, traj_ids: torch.Tensor, step: int, shape, device=None, *, backend: str | None = None) -> torch.Tensor:
     """fp32 standard normal noise of ``shape`` = (B, ...) whose row b depends only on
     (seed, traj_ids[b], step): the same bits whatever the other rows, the batch order, the shape's
-    size (element n is always the same) or the device (CPU and CUDA agree bitwise: integer ops,
-    exact frexp and correctly rounded +, -, *, /, sqrt only; fusing compilers that contract into
-    FMA may differ in the last bit).
+    size (element n is always the same), the device or the backend (integer ops, exact frexp and
+    correctly rounded +, -, *, /, sqrt only, see _sqrt_rn; no FMA contraction).
 
     Element n of a row is lane n % 4 of Philox4x32-10 (Random123) with key (seed low 32 bits,
     seed high 32 bits) and counter (n // 4, traj_id low 32 bits, step, traj_id high 32 bits);
     lanes (0, 1) and (2, 3) become two normals each by Box-Muller (see _box_muller).
-    seed in [0, 2^63), traj_ids >= 0 (int64), step in [0, 2^32).
+    seed: an int in [0, 2^63), or a 0-dim int64 tensor on the noise's device holding one (not
+    range-checked: reading it would sync the host; a CUDA graph then serves every seed);
+    traj_ids >= 0 (int64); step in [0, 2^32). backend: "torch" (these int64 torch ops), "triton"
+    (kernels/keyed_noise.py, one launch), None: triton on CUDA when it loads, else torch.
     """
     shape = tuple(shape)
     if not isinstance(traj_ids, torch.Tensor) or traj_ids.dim() != 1 or traj_ids.dtype != torch.int64:
         raise ValueError(f"traj_ids must be a 1-D int64 tensor, got {getattr(traj_ids, 'shape', type(traj_ids).__name__)}")
     if len(shape) < 1 or shape[0] != traj_ids.shape[0]:
         raise ValueError(f"shape must be (B, ...) with B = len(traj_ids) = {traj_ids.shape[0]}, got {shape}")
-    if not _is_int(seed) or not 0 <= seed < 2**63:
-        raise ValueError(f"seed must be an int in [0, 2^63), got {seed!r}")
     if not _is_int(step) or not 0 <= step < 2**32:
         raise ValueError(f"step must be an int in [0, 2^32), got {step!r}")
     device = traj_ids.device if device is None else torch.device(device)
+    seed = seed_tensor(seed, device)
+    if backend is None:
+        from progrpo_fast import backends
+
+        backend = "triton" if device.type == "cuda" and backends.usable("triton", device)[0] else "torch"
+    if backend == "triton":
+        from progrpo_fast import backends
+
+        return backends.load("triton")[0].keyed_noise(seed, traj_ids.to(device), step, shape)
+    if backend != "torch":
+        raise ValueError(f"backend must be 'torch', 'triton' or None, got {backend!r}")
     traj = traj_ids.to(device).unsqueeze(1)  # (B, 1)
     per_row = math.prod(shape[1:])
     blocks = (per_row + 3) // 4
@@ -273,6 +298,21 @@ def keyed_noise(seed: int, traj_ids: torch.Tensor, step: int, shape, device=None
     z2, z3 = _box_muller(w2, w3)
     normals = torch.stack([z0, z1, z2, z3], dim=-1).reshape(shape[0], blocks * 4)
     return normals[:, :per_row].reshape(shape)
+
+
+def seed_tensor(seed, device) -> torch.Tensor:
+    """A seed as a 0-dim int64 tensor on ``device``: an int in [0, 2^63) is checked and filled in
+    on the device (a fill kernel, no host-to-device copy); a 0-dim int64 tensor on ``device``
+    passes through unchecked."""
+    device = torch.device(device)
+    if isinstance(seed, torch.Tensor):
+        if seed.dim() != 0 or seed.dtype != torch.int64 or seed.device.type != device.type:
+            raise ValueError(f"seed must be an int or a 0-dim int64 tensor on {device}, got a {seed.dtype} tensor of shape "
+                             f"{tuple(seed.shape)} on {seed.device}")
+        return seed
+    if not _is_int(seed) or not 0 <= seed < 2**63:
+        raise ValueError(f"seed must be an int in [0, 2^63), got {seed!r}")
+    return torch.full((), seed, dtype=torch.int64, device=device)
 
 
 # ---------------------------------------------------------------------------------------------
