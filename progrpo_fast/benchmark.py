@@ -377,7 +377,7 @@ def selection_quality(base: str | None, methods: list[Method], batches: int, pro
             rollout = sampler.sample(prompts, seed=rollout_seed)
             proxy = sampler.proxy
             if hasattr(proxy, "observe"):
-                proxy.observe(rollout.trajectory_ids, final_of[rollout.trajectory_ids.cpu()].to(rollout.latents.device))
+                proxy.observe(rollout, final_of[rollout.trajectory_ids.cpu()].to(rollout.latents.device))
                 if batch < batches // 2:
                     continue
             for record in rollout.prune_log:

@@ -37,7 +37,7 @@ class ToyFlow(torch.nn.Module):
     def predict(self, latents, timestep, cond):
         def v(target):
             x0 = target[:, :, None, None] + 0.1 * self.conv(latents)
-            return (latents - x0) / max(float(timestep) / 1000, 1e-3)
+            return (latents - x0) / (timestep / 1000).clamp_min(1e-3)
 
         uncond = v(cond["negative_target"])
         return uncond + self.guidance_scale * (v(cond["target"]) - uncond)
@@ -142,7 +142,7 @@ def test_probe_fits_and_reports_spearman():
     for seed in range(3):
         rollout = smp.sample(PROMPTS, seed=seed)
         final = rollout.final_latents.mean((1, 2, 3))
-        report = probe.observe(rollout.trajectory_ids, final)
+        report = probe.observe(rollout, final)
     assert probe.probes[2].weights is not None and 2 in report and -1 <= report[2] <= 1
 
 

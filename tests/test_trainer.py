@@ -88,6 +88,34 @@ def test_first_inner_step_ratio_is_one_and_training_changes_the_adapter(tmp_path
     assert trainer.ema is not None and not torch.equal(trainer.ema[0], trainer.parameters[0].float())
 
 
+def shifted_sampler(trainer, shift):
+    """The trainer's sampler with every recorded log-prob shifted by ``shift`` (a sampler whose
+    numerics differ from the trainer's, as bf16 batches of other shapes do)."""
+    sample = trainer.sampler.sample
+
+    def sample_shifted(*args, **kwargs):
+        rollout = sample(*args, **kwargs)
+        rollout.log_probs = rollout.log_probs + shift
+        return rollout
+
+    trainer.sampler.sample = sample_shifted
+
+
+@pytest.mark.parametrize("precision", ["no", "bf16"])
+def test_logprob_drift_is_logged_and_recomputing_the_old_logprobs_removes_it(tmp_path, precision):
+    prompts = lambda it, rank, n: ["a red circle", "two blue squares"][:n]  # noqa: E731
+    plain = Trainer(config(tmp_path, f"train.mixed_precision={precision}"), model(), Brightness(), prompts)
+    shifted_sampler(plain, 1e-3)
+    metrics = plain.train_iteration()
+    assert 1e-3 - 1e-4 < metrics["logprob_drift_mean"] <= metrics["logprob_drift_max"] < 1e-3 + (1e-4 if precision == "no" else 1e-2)
+    assert metrics["first_ratio_abs_error"] == pytest.approx(abs(torch.expm1(torch.tensor(-metrics["logprob_drift_max"])).item()), rel=0.05)
+    fixed = Trainer(config(tmp_path, f"train.mixed_precision={precision}", "train.recompute_old_logprobs=true"), model(), Brightness(), prompts)
+    shifted_sampler(fixed, 1e-3)
+    metrics = fixed.train_iteration()
+    assert metrics["logprob_drift_max"] == 0.0 and metrics["first_ratio_abs_error"] == 0.0
+    assert metrics["sampler_logprob_drift_mean"] == pytest.approx(1e-3, abs=1e-4 if precision == "no" else 1e-2)
+
+
 def test_a_noise_window_trains_only_its_steps_and_a_noiseless_sampler_is_refused(tmp_path):
     cfg = config(tmp_path, "sampler.schedule=6:2=3@5", "sampler.noise_steps=[0,2]", "train.timestep_fraction=1.0")
     trainer = Trainer(cfg, model(), Brightness(), lambda it, rank, n: ["a red circle"] * n)
@@ -175,6 +203,7 @@ def test_resume_reproduces_the_uninterrupted_run(tmp_path):
         assert torch.equal(full[name], split[name]), name
     logs = [(tmp_path / d / "log.jsonl").read_text().splitlines() for d in ("full", "split")]
     assert len(logs[1]) == 3
+    assert all('"logprob_drift_mean"' in line and '"logprob_drift_max"' in line for line in logs[0] + logs[1])
     assert [l.split('"sample_s"')[0] for l in logs[0]] == [l.split('"sample_s"')[0] for l in logs[1]]
 
 

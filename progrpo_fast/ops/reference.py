@@ -43,8 +43,7 @@ def ovf_select(scores: torch.Tensor, k: int) -> torch.Tensor:
     best = var.argmax(1, keepdim=True)
     pos = torch.arange(n, device=scores.device)
     keep = (pos < best) | (pos >= n - k + best)
-    chosen = order.masked_select(keep).view(p, k)
-    return chosen.sort(dim=1).values
+    return first_k_ascending(torch.where(keep, order, n), k)
 
 
 def variance_select(features: torch.Tensor, k: int) -> torch.Tensor:
@@ -70,7 +69,13 @@ def variance_select(features: torch.Tensor, k: int) -> torch.Tensor:
     for _ in range(k - 2):
         gain = (dist2 * chosen[:, None, :]).sum(-1).masked_fill(chosen, -1.0)
         chosen[rows, gain.argmax(1)] = True
-    return chosen.nonzero()[:, 1].view(p, k)
+    return first_k_ascending(torch.where(chosen, torch.arange(n, device=features.device), n), k)
+
+
+def first_k_ascending(marked: torch.Tensor, k: int) -> torch.Tensor:
+    """(P, N) int64 row indices with the N - k unchosen entries set to N -> (P, k) the chosen
+    ones, ascending (a sort, not a data-dependent nonzero: no host sync, graph-capturable)."""
+    return marked.sort(dim=1).values[:, :k]
 
 
 def pairwise_sq_dists(features: torch.Tensor) -> torch.Tensor:

@@ -21,53 +21,74 @@ from progrpo_fast.sampling.sde import keyed_noise
 
 @dataclass
 class Checkpoint:
-    """What a proxy sees at a checkpoint: x0_hat (rows, C, H, W), each row's prompt and
-    trajectory id, the rows per group before and after, the step, the rollout's seed and a
-    decode function (latents -> images in [0, 1])."""
+    """What a proxy sees at a checkpoint: x0_hat (rows, *latent_shape), the call's P prompts and
+    each row's index into them, each row's trajectory id, the rows per group before and after,
+    the step, the rollout's seed (a 0-dim int64 device tensor) and a decode function (latents ->
+    images in [0, 1])."""
 
     step: int
     x0_hat: torch.Tensor
     prompts: list[str]
+    prompt_index: torch.Tensor
     trajectory_ids: torch.Tensor
     group_size: int
     keep: int
-    seed: int
+    seed: torch.Tensor | int
     decode: object
+
+    @property
+    def row_prompts(self) -> list[str]:
+        """One prompt per row (reads prompt_index back: syncs the host; capturable proxies must not use it)."""
+        return [self.prompts[i] for i in self.prompt_index.tolist()]
 
 
 @dataclass
 class Selection:
     """Survivor rows (P*keep,), ascending; scalar proxy scores per row (None for vector proxies);
-    proxy variance of each whole group and of its kept subset (P,)."""
+    proxy variance of each whole group and of its kept subset (P,); the per-row features the
+    proxy looked at (rows, D), when it learns from them after the rollout (else None)."""
 
     index: torch.Tensor
     scores: torch.Tensor | None
     variance_all: torch.Tensor
     variance_kept: torch.Tensor
+    features: torch.Tensor | None = None
 
 
-def select_by_scores(scores: torch.Tensor, ckpt: Checkpoint) -> Selection:
-    index, var_all, var_kept = ops.prune_select(scores, ckpt.group_size, ckpt.keep, return_variance=True)
-    return Selection(index, scores, var_all, var_kept)
+def select_by_scores(scores: torch.Tensor, ckpt: Checkpoint, features: torch.Tensor | None = None) -> Selection:
+    index, var_all, var_kept = ops.prune_select(scores, ckpt.group_size, ckpt.keep, return_variance=True, check_finite=False)
+    return Selection(index, scores, var_all, var_kept, features)
+
+
+def select_by_features(features: torch.Tensor, ckpt: Checkpoint, grid: int, keep_features: bool = False) -> Selection:
+    """Total-variance selection on latents (pooled on a grid x grid grid) or features (rows, D)."""
+    index, var_all, var_kept = ops.prune_select(features, ckpt.group_size, ckpt.keep, grid, return_variance=True, check_finite=False)
+    return Selection(index, None, var_all, var_kept, features if keep_features else None)
 
 
 class LatentProxy:
+    """Pooled x0_hat features, total-variance selection (one fused op)."""
+
     name = "latent"
+    capturable = True
 
     def __init__(self, grid: int = 4):
         self.grid = grid
 
     def __call__(self, ckpt: Checkpoint) -> Selection:
-        index, var_all, var_kept = ops.prune_select(
-            ckpt.x0_hat, ckpt.group_size, ckpt.keep, self.grid, return_variance=True, check_finite=False
-        )
-        return Selection(index, None, var_all, var_kept)
+        return select_by_features(ckpt.x0_hat, ckpt, self.grid)
+
+    def graph_key(self):
+        return self.grid
 
 
 class RewardProxy:
-    """reward_fn(images (B, 3, H, W) in [0, 1], prompts) -> (B,) rewards."""
+    """The paper's proxy: decode x0_hat, score with reward_fn(images (B, 3, H, W) in [0, 1],
+    prompts) -> (B,) rewards, exact scalar OVF. Host work (row prompts, the reward model's own
+    preprocessing), so it runs between captured CUDA-graph segments, not inside them."""
 
     name = "reward"
+    capturable = False
 
     def __init__(self, reward_fn, batch_size: int | None = None):
         self.reward_fn, self.batch_size = reward_fn, batch_size
@@ -75,74 +96,96 @@ class RewardProxy:
     def __call__(self, ckpt: Checkpoint) -> Selection:
         rows = ckpt.x0_hat.shape[0]
         size = self.batch_size or rows
+        prompts = ckpt.row_prompts
         scores = []
         for start in range(0, rows, size):
             images = ckpt.decode(ckpt.x0_hat[start : start + size])
-            scores.append(torch.as_tensor(self.reward_fn(images, ckpt.prompts[start : start + size]), dtype=torch.float32, device=ckpt.x0_hat.device))
+            scores.append(torch.as_tensor(self.reward_fn(images, prompts[start : start + size]), dtype=torch.float32, device=ckpt.x0_hat.device))
         return select_by_scores(torch.cat(scores), ckpt)
+
+    def graph_key(self):
+        return None
 
 
 class RandomProxy:
+    """A uniformly random subset per group, keyed by (seed, trajectory id, step) (the control)."""
+
     name = "random"
+    capturable = True
 
     def __call__(self, ckpt: Checkpoint) -> Selection:
         noise = keyed_noise(ckpt.seed, ckpt.trajectory_ids, ckpt.step + (1 << 20), (ckpt.trajectory_ids.shape[0], 1))
         order = noise.view(-1, ckpt.group_size).argsort(dim=1)[:, : ckpt.keep].sort(dim=1).values
         offsets = torch.arange(order.shape[0], device=order.device)[:, None] * ckpt.group_size
         index = (order + offsets).flatten()
-        var_all = ops.group_variance(noise, ckpt.group_size)
-        return Selection(index, noise[:, 0], var_all, ops.group_variance(noise[index], ckpt.keep))
+        var_all = ops.group_variance(noise, ckpt.group_size, check_finite=False)
+        return Selection(index, noise[:, 0], var_all, ops.group_variance(noise[index], ckpt.keep, check_finite=False))
+
+    def graph_key(self):
+        return None
 
 
 @dataclass
 class _RidgeProbe:
-    """reward ~ [features, 1] @ weights, fitted by ridge regression on a bounded buffer."""
+    """reward ~ [features, 1] @ weights, fitted by ridge regression on a bounded buffer (CPU,
+    fp64). ``weights`` (D + 1,) fp32 lives on the features' device and is refitted in place, so
+    a captured CUDA graph that reads it sees every refit."""
 
     features: list = field(default_factory=list)
     rewards: list = field(default_factory=list)
     weights: torch.Tensor | None = None
 
     def predict(self, features: torch.Tensor) -> torch.Tensor:
-        return torch.cat([features, torch.ones_like(features[:, :1])], 1) @ self.weights.to(features.device)
+        weights = self.weights
+        return features @ weights[:-1] + weights[-1]
 
 
 class ProbeProxy:
     """Linear probe from pooled x0_hat features (grid x grid mean pool) to the final reward.
 
-    ``observe(trajectory_ids, final_rewards)`` after each rollout pairs the survivors' checkpoint
-    features with their true final rewards, reports the Spearman correlation of the current probe's
-    predictions with them (before refitting: an out-of-sample figure), and refits
-    w = (X^T X + ridge I)^-1 X^T y on the last ``buffer_size`` pairs. Until ``min_samples`` pairs
-    exist the probe selects like the latent proxy."""
+    ``observe(rollout, final_rewards)`` after each rollout pairs the survivors' checkpoint
+    features (kept in the rollout's prune log) with their true final rewards, reports the Spearman
+    correlation of the current probe's predictions with them (before refitting: an out-of-sample
+    figure), and refits w = (X^T X + ridge I)^-1 X^T y on the last ``buffer_size`` pairs. Until
+    ``min_samples`` pairs exist the probe selects like the latent proxy."""
 
     name = "probe"
+    capturable = True
 
     def __init__(self, grid: int = 4, ridge: float = 1.0, min_samples: int = 64, buffer_size: int = 4096):
         self.grid, self.ridge, self.min_samples, self.buffer_size = grid, ridge, min_samples, buffer_size
         self.probes: dict[int, _RidgeProbe] = {}
-        self.pending: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}  # step -> (trajectory ids, features)
         self.spearman: dict[int, float] = {}
 
     def __call__(self, ckpt: Checkpoint) -> Selection:
         features = ops.pool_latents(ckpt.x0_hat, self.grid, check_finite=False)
-        self.pending[ckpt.step] = (ckpt.trajectory_ids.clone(), features)
         probe = self.probes.get(ckpt.step)
         if probe is None or probe.weights is None:
-            index, var_all, var_kept = ops.prune_select(features, ckpt.group_size, ckpt.keep, return_variance=True, check_finite=False)
-            return Selection(index, None, var_all, var_kept)
-        return select_by_scores(probe.predict(features), ckpt)
+            return select_by_features(features, ckpt, self.grid, keep_features=True)
+        if probe.weights.device != features.device:  # once, on the first (eager, uncaptured) call on this device
+            probe.weights = probe.weights.to(features.device)
+        return select_by_scores(probe.predict(features), ckpt, features)
 
-    def observe(self, trajectory_ids: torch.Tensor, final_rewards: torch.Tensor) -> dict[int, float]:
-        """Adds (checkpoint features, final reward) pairs of the survivors; returns the Spearman
-        correlation per checkpoint step of the probe that made this rollout's choices."""
+    def graph_key(self):
+        """The checkpoint steps whose probe is fitted (each switches latent selection to the probe)."""
+        return self.grid, tuple(sorted(step for step, probe in self.probes.items() if probe.weights is not None))
+
+    def observe(self, rollout, final_rewards: torch.Tensor) -> dict[int, float]:
+        """Adds (checkpoint features, final reward) pairs of the rollout's survivors; returns the
+        Spearman correlation per checkpoint step of the probe that made this rollout's choices."""
         report = {}
-        for step, (ids, features) in self.pending.items():
-            row_of = {int(t): r for r, t in enumerate(ids.tolist())}
-            rows = torch.tensor([row_of[int(t)] for t in trajectory_ids.tolist()], device=features.device)
-            x, y = features[rows].double().cpu(), final_rewards.double().cpu()
-            probe = self.probes.setdefault(step, _RidgeProbe())
+        survivors = rollout.trajectory_ids.cpu()
+        for record in rollout.prune_log:
+            if record.kept_features is None:
+                continue
+            kept = record.kept_ids.flatten().cpu()
+            row_of = {int(t): r for r, t in enumerate(kept.tolist())}
+            rows = torch.tensor([row_of[int(t)] for t in survivors.tolist()])
+            x, y = record.kept_features.cpu()[rows].double(), final_rewards.double().cpu()
+            probe = self.probes.setdefault(record.step, _RidgeProbe())
             if probe.weights is not None and y.numel() > 2:
-                report[step] = self.spearman[step] = spearman(probe.predict(x.float()).double(), y)
+                predicted = probe.predict(x.float().to(probe.weights.device)).double().cpu()
+                report[record.step] = self.spearman[record.step] = spearman(predicted, y)
             probe.features.append(x)
             probe.rewards.append(y)
             stacked_x, stacked_y = torch.cat(probe.features)[-self.buffer_size :], torch.cat(probe.rewards)[-self.buffer_size :]
@@ -150,12 +193,16 @@ class ProbeProxy:
             if stacked_y.numel() >= self.min_samples:
                 design = torch.cat([stacked_x, torch.ones_like(stacked_x[:, :1])], 1)
                 gram = design.T @ design + self.ridge * torch.eye(design.shape[1], dtype=design.dtype)
-                probe.weights = torch.linalg.solve(gram, design.T @ stacked_y).float()
-        self.pending.clear()
+                fitted = torch.linalg.solve(gram, design.T @ stacked_y).float()
+                if probe.weights is None:
+                    probe.weights = fitted.to(record.kept_features.device)
+                else:
+                    probe.weights.copy_(fitted)
         return report
 
     def state_dict(self) -> dict:
-        return {step: {"features": p.features, "rewards": p.rewards, "weights": p.weights} for step, p in self.probes.items()}
+        return {step: {"features": p.features, "rewards": p.rewards, "weights": None if p.weights is None else p.weights.cpu()}
+                for step, p in self.probes.items()}
 
     def load_state_dict(self, state: dict) -> None:
         self.probes = {int(step): _RidgeProbe(**value) for step, value in state.items()}

@@ -2,13 +2,21 @@
 checkpoints, full trajectories and log-probs of the survivors recorded.
 
 Pruning at checkpoint t happens before step t runs and looks at the x0_hat that step t - 1 already
-computed (no extra network evaluation). Every per-row state is compacted in place: current latents,
-the recorded latents x_0..x_t, log-probs, conditioning (CFG negatives included), trajectory and
-prompt ids. Noise is keyed by (seed, trajectory id, step), so pruning never changes what a survivor
-samples, and with no checkpoints the sampler is plain GRPO sampling.
+computed (no extra network evaluation). Every per-row state is compacted in place: the recorded
+latents x_0..x_t, log-probs, conditioning (CFG negatives included), trajectory and prompt ids.
+Noise is keyed by (seed, trajectory id, step), so pruning never changes what a survivor samples,
+and with no checkpoints the sampler is plain GRPO sampling.
+
+A rollout runs as segments (``segments``): the denoising steps between two checkpoints, then the
+next checkpoint's selection and compaction. Between its first step and its return a call makes
+no host sync: row counts follow from the schedule, row prompts stay device indices
+(``Rollout.row_prompts`` resolves them on demand), the seed is a device tensor and the pruning ops
+run without value checks. ``graphs.GraphSampler`` captures each segment as one CUDA graph.
 """
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import time
 from dataclasses import dataclass, field
 
@@ -18,15 +26,16 @@ from progrpo_fast import ops
 from progrpo_fast.models.base import Denoiser, repeat_rows
 from progrpo_fast.sampling.proxies import Checkpoint, LatentProxy
 from progrpo_fast.sampling.schedule import PruneSchedule
-from progrpo_fast.sampling.sde import keyed_noise
+from progrpo_fast.sampling.sde import keyed_noise, seed_tensor
 from progrpo_fast.sampling.stepper import Stepper
 
 
 @dataclass
 class PruneRecord:
     """One checkpoint: the step, rows before, the proxy's scalar scores of those rows (None for
-    vector proxies), the kept trajectory ids (P, keep), and the proxy variance of each whole group
-    and of its kept subset (P,)."""
+    vector proxies), the kept trajectory ids (P, keep), the proxy variance of each whole group
+    and of its kept subset (P,), and the features the proxy saw for the kept rows (P*keep, D),
+    in kept_ids' order (None unless the proxy reports them, as the probe does)."""
 
     step: int
     rows_before: int
@@ -34,16 +43,54 @@ class PruneRecord:
     kept_ids: torch.Tensor
     variance_all: torch.Tensor
     variance_kept: torch.Tensor
+    kept_features: torch.Tensor | None = None
+
+    def detached_copy(self) -> "PruneRecord":
+        """The record with its tensors cloned (a CUDA graph's outputs change at its next replay)."""
+        return dataclasses.replace(self, **{name: value.clone() for name, value in vars(self).items() if isinstance(value, torch.Tensor)})
+
+
+class DeviceTimer:
+    """Sums the duration of ``interval()`` blocks without syncing the host: CUDA events on CUDA,
+    read (and so waited for) only when ``seconds`` is asked; perf_counter on CPU, where the ops
+    inside the block have finished when it ends."""
+
+    def __init__(self, device: torch.device):
+        self.cuda = device.type == "cuda"
+        self.pending: list[tuple[torch.cuda.Event, torch.cuda.Event]] = []
+        self.total = 0.0
+
+    @contextlib.contextmanager
+    def interval(self):
+        if not self.cuda:
+            started = time.perf_counter()
+            yield
+            self.total += time.perf_counter() - started
+            return
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        yield
+        end.record()
+        self.pending.append((start, end))
+
+    @property
+    def seconds(self) -> float:
+        for start, end in self.pending:
+            end.synchronize()
+            self.total += start.elapsed_time(end) / 1000
+        self.pending.clear()
+        return self.total
 
 
 @dataclass
 class Rollout:
     """The survivors of one expand-and-prune rollout, K per prompt, grouped by prompt.
 
-    latents: (n, T+1, C, H, W) fp32, x_0 (noise) .. x_T (final sample) per survivor;
+    latents: (n, T+1, *latent_shape) fp32, x_0 (noise) .. x_T (final sample) per survivor;
     log_probs: (n, T) fp32 log-prob of each recorded transition; trajectory_ids / prompt_index: (n,);
     cond: per-row conditioning; timesteps (T,); trajectory_steps: network row-evaluations spent;
-    proxy_seconds: wall time spent choosing and compacting survivors (device synchronised)."""
+    proxy_timer: the time spent choosing and compacting survivors (None when a CUDA graph fused it
+    into the denoising segments)."""
 
     prompts: list[str]
     latents: torch.Tensor
@@ -56,7 +103,7 @@ class Rollout:
     seed: int
     trajectory_steps: int
     prune_log: list[PruneRecord] = field(default_factory=list)
-    proxy_seconds: float = 0.0
+    proxy_timer: DeviceTimer | None = None
 
     @property
     def final_latents(self) -> torch.Tensor:
@@ -64,7 +111,49 @@ class Rollout:
 
     @property
     def row_prompts(self) -> list[str]:
+        """One prompt per row (reads prompt_index back: syncs the host)."""
         return [self.prompts[i] for i in self.prompt_index.tolist()]
+
+    @property
+    def proxy_seconds(self) -> float | None:
+        """Seconds spent in the proxy and compaction (syncs the host on CUDA); None when fused into graphs."""
+        return None if self.proxy_timer is None else self.proxy_timer.seconds
+
+
+@dataclass(frozen=True)
+class Segment:
+    """Steps start .. stop - 1, then (keep is not None) pruning to ``keep`` rows per prompt at
+    checkpoint ``stop``."""
+
+    start: int
+    stop: int
+    keep: int | None
+
+
+def segments(schedule: PruneSchedule) -> list[Segment]:
+    """The schedule cut at its checkpoints: len(checkpoints) + 1 segments, largest batch first."""
+    bounds = [0, *schedule.checkpoints, schedule.num_steps]
+    return [Segment(start, stop, schedule.keep_at(stop)) for start, stop in zip(bounds, bounds[1:])]
+
+
+@dataclass
+class RowState:
+    """A rollout's per-row tensors at capacity P x G_max rows; the first ``rows`` are live, in
+    ``group`` rows per prompt. Checkpoints compact the live rows to the front in place."""
+
+    history: torch.Tensor  # (capacity, T+1, *latent_shape) fp32
+    log_probs: torch.Tensor  # (capacity, T) fp32
+    trajectory_ids: torch.Tensor  # (capacity,) int64
+    prompt_index: torch.Tensor  # (capacity,) int64
+    cond: dict[str, torch.Tensor]  # each (capacity, ...)
+    rows: int
+    group: int
+
+    def live(self, name: str) -> torch.Tensor:
+        return getattr(self, name)[: self.rows]
+
+    def live_cond(self) -> dict[str, torch.Tensor]:
+        return {name: value[: self.rows] for name, value in self.cond.items()}
 
 
 class ExpandPruneSampler:
@@ -76,52 +165,87 @@ class ExpandPruneSampler:
         self.model, self.schedule = model, schedule
         self.proxy = proxy if proxy is not None else LatentProxy()
         self.stepper = Stepper(model.kind, method, eta, model.schedule(schedule.num_steps), noise_steps)
+        self.segments = segments(schedule)
 
     @classmethod
-    def from_config(cls, model: Denoiser, schedule: PruneSchedule, sampler_config, proxy=None) -> "ExpandPruneSampler":
+    def from_config(cls, model: Denoiser, schedule: PruneSchedule, sampler_config, proxy=None, **kwargs):
         """The sampler of a config's sampler section (method, eta, noise_steps) on ``schedule``."""
-        return cls(model, schedule, proxy, method=sampler_config.method, eta=sampler_config.eta, noise_steps=sampler_config.noise_steps)
+        return cls(model, schedule, proxy, method=sampler_config.method, eta=sampler_config.eta, noise_steps=sampler_config.noise_steps, **kwargs)
 
     @torch.no_grad()
     def sample(self, prompts: list[str], seed: int, progress=None) -> Rollout:
-        if not prompts or not all(isinstance(p, str) for p in prompts):
-            raise ValueError("prompts must be a non-empty list of strings")
-        model, schedule, stepper = self.model, self.schedule, self.stepper
-        device, steps = model.device, schedule.num_steps
-        group, rows = schedule.group_size_max, len(prompts) * schedule.group_size_max
+        check_prompts(prompts)
+        device = self.model.device
+        seed_on_device = seed_tensor(seed, device)
+        state = self.new_state(len(prompts), self.encode_rows(prompts))
+        timer, records = DeviceTimer(device), []
+        for segment in self.segments:
+            x0_hat = self.run_steps(state, segment, seed_on_device, progress)
+            if segment.keep is not None:
+                with timer.interval():
+                    records.append(self.prune(state, segment, x0_hat, prompts, seed_on_device))
+        return self.rollout(state, prompts, seed, records, timer)
+
+    # ------------------------------------------------------------------ the pieces
+    def encode_rows(self, prompts: list[str]) -> dict[str, torch.Tensor]:
+        """Per-row conditioning, G_max consecutive rows per prompt (host work: tokenization)."""
+        return repeat_rows(self.model.encode(prompts), self.schedule.group_size_max)
+
+    def new_state(self, num_prompts: int, cond: dict[str, torch.Tensor]) -> RowState:
+        """Freshly allocated per-row state for ``num_prompts`` prompts holding ``cond``."""
+        device, steps = self.model.device, self.schedule.num_steps
+        rows = num_prompts * self.schedule.group_size_max
         trajectory_ids = torch.arange(rows, device=device)
-        prompt_index = trajectory_ids // group
-        cond = repeat_rows(model.encode(prompts), group)
-        history = torch.empty(rows, steps + 1, *model.latent_shape(), device=device)
-        history[:, 0] = keyed_noise(seed, trajectory_ids, 0, history[:, 0].shape)
-        log_probs = torch.zeros(rows, steps, device=device)
-        x0_hat, prune_log, proxy_seconds = None, [], 0.0
-        for step in range(steps):
-            keep = schedule.keep_at(step)
-            if keep is not None:
-                started = synchronized_clock(device)
-                row_prompts = [prompts[i] for i in prompt_index.tolist()]
-                selection = self.proxy(Checkpoint(step, x0_hat, row_prompts, trajectory_ids, group, keep, seed, model.decode))
-                prune_log.append(PruneRecord(step, rows, selection.scores, trajectory_ids[selection.index].view(-1, keep),
-                                             selection.variance_all, selection.variance_kept))
-                written = history[:, : step + 1]
-                written, log_probs, trajectory_ids, prompt_index, *values = ops.compact_(
-                    selection.index, written, log_probs, trajectory_ids, prompt_index, *cond.values(), check_values=False
-                )
-                history = history[: written.shape[0]]
-                cond = dict(zip(cond, values))
-                group, rows = keep, written.shape[0]
-                proxy_seconds += synchronized_clock(device) - started
+        return RowState(
+            history=torch.empty(rows, steps + 1, *self.model.latent_shape(), device=device),
+            log_probs=torch.zeros(rows, steps, device=device),
+            trajectory_ids=trajectory_ids,
+            prompt_index=trajectory_ids // self.schedule.group_size_max,
+            cond=cond, rows=rows, group=self.schedule.group_size_max,
+        )
+
+    def run_steps(self, state: RowState, segment: Segment, seed: torch.Tensor, progress=None) -> torch.Tensor:
+        """Denoising steps segment.start .. stop - 1 on the live rows (the first segment first
+        draws x_0); returns the last step's x0_hat (rows, *latent_shape)."""
+        model, stepper = self.model, self.stepper
+        history, log_probs, ids, cond = state.live("history"), state.live("log_probs"), state.live("trajectory_ids"), state.live_cond()
+        if segment.start == 0:
+            history[:, 0] = keyed_noise(seed, ids, 0, history[:, 0].shape)
+        x0_hat = None
+        for step in range(segment.start, segment.stop):
             x = history[:, step]
-            out = stepper(step, x, model.predict(x, stepper.timesteps[step], cond),
-                          eps=None if stepper.deterministic(step) else keyed_noise(seed, trajectory_ids, step + 1, x.shape))
+            eps = None if stepper.deterministic(step) else keyed_noise(seed, ids, step + 1, x.shape)
+            out = stepper(step, x, model.predict(x, stepper.timesteps[step], cond), eps=eps)
             history[:, step + 1] = out.x_next
             log_probs[:, step] = out.log_prob
             x0_hat = out.x0_hat
             if progress is not None:
-                progress(step, rows)
-        return Rollout(list(prompts), history, log_probs, trajectory_ids, prompt_index, cond, stepper.timesteps,
-                       group, seed, schedule.trajectory_steps(len(prompts)), prune_log, proxy_seconds)
+                progress(step, state.rows)
+        return x0_hat
+
+    def prune(self, state: RowState, segment: Segment, x0_hat: torch.Tensor, prompts: list[str], seed: torch.Tensor) -> PruneRecord:
+        """The checkpoint at segment.stop: the proxy picks segment.keep rows per prompt and every
+        per-row tensor is compacted to them in place."""
+        step, keep, rows = segment.stop, segment.keep, state.rows
+        ids, prompt_index = state.live("trajectory_ids"), state.live("prompt_index")
+        selection = self.proxy(Checkpoint(step, x0_hat, prompts, prompt_index, ids, state.group, keep, seed, self.model.decode))
+        kept_features = None if selection.features is None else selection.features[selection.index]
+        record = PruneRecord(step, rows, selection.scores, ids[selection.index].view(-1, keep),
+                             selection.variance_all, selection.variance_kept, kept_features)
+        ops.compact_(selection.index, state.live("history")[:, : step + 1], state.live("log_probs"), ids, prompt_index,
+                     *state.live_cond().values(), check_values=False)
+        state.rows, state.group = selection.index.shape[0], keep
+        return record
+
+    def rollout(self, state: RowState, prompts: list[str], seed: int, records: list[PruneRecord], timer: DeviceTimer | None) -> Rollout:
+        return Rollout(list(prompts), state.live("history"), state.live("log_probs"), state.live("trajectory_ids"),
+                       state.live("prompt_index"), state.live_cond(), self.stepper.timesteps, state.group, seed,
+                       self.schedule.trajectory_steps(len(prompts)), records, timer)
+
+
+def check_prompts(prompts) -> None:
+    if not isinstance(prompts, (list, tuple)) or not prompts or not all(isinstance(p, str) for p in prompts):
+        raise ValueError("prompts must be a non-empty list of strings")
 
 
 def synchronized_clock(device: torch.device) -> float:

@@ -116,6 +116,9 @@ class SamplerConfig:
     prompts_per_iteration: prompts sampled per iteration on each rank (groups of G_max rows).
     static_ovf: the static-OVF baseline: sample G_max unpruned, then keep each group's K by exact
         OVF on the final rewards (K = the schedule's final group size).
+    cuda_graphs: "auto" (capture each rollout segment as a CUDA graph on a CUDA device when the
+        model allows it, else sample eagerly, saying why), "true" (require it: an error naming the
+        reason otherwise) or "false" (always eager).
     """
 
     schedule: str = option("16:3=8,5=4@8")
@@ -126,6 +129,7 @@ class SamplerConfig:
     grid: int = option(4, at_least(1))
     prompts_per_iteration: int = option(4, at_least(1))
     static_ovf: bool = option(False)
+    cuda_graphs: Literal["auto", "true", "false"] = option("auto")
 
 
 @dataclass
@@ -173,6 +177,10 @@ class TrainConfig:
     parallel: with several processes (torchrun), "ddp" replicates the network and all-reduces the
         gradients; "fsdp" shards weights, gradients and optimizer state across the ranks (FSDP2
         fully_shard on each block of the network's block lists, then on the whole network).
+    recompute_old_logprobs: before the update, recompute the old log-probs with the current
+        weights in the trainer's own minibatch layout (no grad), so the first inner step's ratio
+        is exactly 1 even where the sampler's batch shapes give other rounding (bf16); costs one
+        forward pass per trained row-step.
     """
 
     iterations: int = option(120, at_least(1))
@@ -197,6 +205,7 @@ class TrainConfig:
     ema_decay: float | None = option(None, optional((lambda v: 0 < v < 1, "in (0, 1)")))
     mixed_precision: Literal["no", "bf16", "fp16"] = option("no")
     parallel: Literal["ddp", "fsdp"] = option("ddp")
+    recompute_old_logprobs: bool = option(False)
 
 
 @dataclass
@@ -282,6 +291,8 @@ def _coerce(value, tp, key: str):
         inner = [a for a in args if a is not type(None)]
         return _coerce(value, inner[0], key)
     if origin is Literal:
+        if isinstance(value, bool) and str(value).lower() in args:  # YAML reads true / false as booleans
+            return str(value).lower()
         if isinstance(value, str) and value in args:
             return value
         raise wrong()

@@ -12,12 +12,14 @@ import json
 import math
 import os
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import torch
 
 from progrpo_fast import ops
 from progrpo_fast.sampling.proxies import PROXIES, ProbeProxy, RewardProxy
-from progrpo_fast.sampling.sampler import ExpandPruneSampler, Rollout, synchronized_clock
+from progrpo_fast.sampling.graphs import build_sampler
+from progrpo_fast.sampling.sampler import Rollout, synchronized_clock
 from progrpo_fast.sampling.schedule import PruneSchedule
 from progrpo_fast.train.grpo import group_advantages, kl_to_reference, policy_loss, weighted_group_advantages
 
@@ -91,6 +93,37 @@ class Distributed:
                 t.div_(self.world_size)
 
 
+class StepTerms(NamedTuple):
+    """What Trainer.step_objective returns for one transition of some rows."""
+
+    total: torch.Tensor
+    policy_loss: torch.Tensor
+    kl: torch.Tensor
+    ratio: torch.Tensor
+    clip_fraction: torch.Tensor
+    log_prob: torch.Tensor
+
+
+class LogProbDrift:
+    """|log p_new - log p_old| over row-steps (the rollout-vs-training mismatch that makes the
+    first ratio differ from 1: batch shapes, kernels, bf16): its mean and max, and the largest
+    |ratio - 1|; accumulated on the device and read once."""
+
+    def __init__(self):
+        self.total, self.largest, self.ratio_error, self.count = 0.0, 0.0, 0.0, 0
+
+    def add(self, new: torch.Tensor, old: torch.Tensor) -> None:
+        delta = new.float() - old.float()
+        self.total = self.total + delta.abs().sum()
+        self.largest = torch.maximum(torch.as_tensor(self.largest, device=delta.device), delta.abs().max())
+        self.ratio_error = torch.maximum(torch.as_tensor(self.ratio_error, device=delta.device), torch.expm1(delta).abs().max())
+        self.count += delta.numel()
+
+    def summary(self, prefix: str = "") -> dict[str, float]:
+        return {f"{prefix}logprob_drift_mean": float(self.total) / max(self.count, 1), f"{prefix}logprob_drift_max": float(self.largest),
+                f"{prefix}ratio_abs_error_max": float(self.ratio_error)}
+
+
 class Trainer:
     """config: progrpo_fast.train.config.Config; model: a Denoiser adapter (its ``network`` is
     trained); reward: a WeightedReward; prompts(iteration, rank, count) -> list of prompts."""
@@ -102,7 +135,7 @@ class Trainer:
         self.schedule = PruneSchedule.from_string(samp.schedule)
         sample_schedule = PruneSchedule.naive(self.schedule.group_size_max, self.schedule.num_steps) if samp.static_ovf else self.schedule
         self.proxy = self._build_proxy(samp)
-        self.sampler = ExpandPruneSampler.from_config(model, sample_schedule, samp, self.proxy)
+        self.sampler = build_sampler(model, sample_schedule, samp, self.proxy, sharded=self.dist.sharded)
         if not self.trainable_steps:
             raise ValueError(f"sampler.method={samp.method!r} with eta={samp.eta} adds no noise before the last step: nothing to train "
                              f"(GRPO needs stochastic steps: use method sde, cps or ddim with eta > 0)")
@@ -186,7 +219,8 @@ class Trainer:
         with self.autocast():
             rollout = self.sampler.sample(prompts, seed=iteration_seed(train.seed, iteration, self.dist.rank))
         timings["sample_s"] = synchronized_clock(device) - start
-        timings["proxy_s"] = rollout.proxy_seconds  # part of sample_s
+        if rollout.proxy_seconds is not None:  # None: fused into the CUDA-graph segments
+            timings["proxy_s"] = rollout.proxy_seconds  # part of sample_s
 
         start = synchronized_clock(device)
         components, weighted = score_images(self.reward, self.model.decode(rollout.final_latents), rollout.row_prompts)
@@ -203,7 +237,7 @@ class Trainer:
     def train_iteration(self) -> dict:
         rollout, components, weighted, advantages, timings = self.rollout(self.iteration)
         iteration, group, device = self.iteration, rollout.group_size, self.model.device
-        probe_report = self.proxy.observe(rollout.trajectory_ids, weighted) if isinstance(self.proxy, ProbeProxy) else {}
+        probe_report = self.proxy.observe(rollout, weighted) if isinstance(self.proxy, ProbeProxy) else {}
 
         start = synchronized_clock(device)
         stats = self._update(rollout, advantages.to(rollout.latents.device))
@@ -256,45 +290,65 @@ class Trainer:
     def _update(self, rollout: Rollout, advantages: torch.Tensor) -> dict:
         train = self.config.train
         steps = self.trained_steps(self.iteration)
-        rows = rollout.latents.shape[0]
+        rows, device = rollout.latents.shape[0], rollout.latents.device
         gen = torch.Generator().manual_seed(iteration_seed(train.seed, self.iteration, 2))
+        epochs = [list(torch.randperm(rows, generator=gen).to(device).split(train.minibatch_rows)) for _ in range(train.inner_epochs)]
+        stats = {}
+        old_log_probs = rollout.log_probs
+        if train.recompute_old_logprobs:
+            old_log_probs = self.recompute_log_probs(rollout, epochs[0], steps)
+            sampler_drift = LogProbDrift()
+            sampler_drift.add(old_log_probs[:, steps], rollout.log_probs[:, steps])
+            stats.update(sampler_drift.summary(prefix="sampler_"))  # what the recomputation corrected
         totals = {"loss": 0.0, "policy_loss": 0.0, "kl": 0.0, "clip_fraction": 0.0, "grad_norm": 0.0}
-        first_ratio_error, updates, terms = None, 0, 0
-        for epoch in range(train.inner_epochs):
-            order = torch.randperm(rows, generator=gen).to(rollout.latents.device)
-            minibatches = list(order.split(train.minibatch_rows))
+        drift, updates, terms = LogProbDrift(), 0, 0
+        for minibatches in epochs:
             for start in range(0, len(minibatches), train.grad_accum):
                 chunk = minibatches[start : start + train.grad_accum]
                 self.optimizer.zero_grad(set_to_none=True)
                 for rows_idx in chunk:
                     cond = {name: value[rows_idx] for name, value in rollout.cond.items()}
                     for step in steps:
-                        total, loss, kl, ratio, clip_fraction = self.step_objective(
-                            step, rollout.latents[rows_idx, step], rollout.latents[rows_idx, step + 1],
-                            rollout.log_probs[rows_idx, step], advantages[rows_idx], cond)
-                        (total / (len(steps) * len(chunk))).backward()
-                        if first_ratio_error is None:
-                            first_ratio_error = float((ratio - 1).abs().max())
-                        totals["loss"] += float(total.detach())
-                        totals["policy_loss"] += float(loss.detach())
-                        totals["kl"] += float(kl.detach())
-                        totals["clip_fraction"] += float(clip_fraction)
+                        out = self.step_objective(step, rollout.latents[rows_idx, step], rollout.latents[rows_idx, step + 1],
+                                                  old_log_probs[rows_idx, step], advantages[rows_idx], cond)
+                        (out.total / (len(steps) * len(chunk))).backward()
+                        if updates == 0:  # before the first optimizer step: the weights that sampled
+                            drift.add(out.log_prob.detach(), old_log_probs[rows_idx, step])
+                        totals["loss"] += float(out.total.detach())
+                        totals["policy_loss"] += float(out.policy_loss.detach())
+                        totals["kl"] += float(out.kl.detach())
+                        totals["clip_fraction"] += float(out.clip_fraction)
                         terms += 1
                 if not self.dist.sharded:  # FSDP reduce-scatters (averages) the gradients in backward
                     self.dist.average_([p.grad for p in self.parameters if p.grad is not None])
                 totals["grad_norm"] += float(full_tensor(torch.nn.utils.clip_grad_norm_(self.parameters, train.grad_clip)))
                 self.optimizer.step()
                 updates += 1
-        stats = {name: value / max(terms, 1) for name, value in totals.items() if name != "grad_norm"}
+        stats.update({name: value / max(terms, 1) for name, value in totals.items() if name != "grad_norm"})
         stats["grad_norm"] = totals["grad_norm"] / max(updates, 1)
-        stats["first_ratio_abs_error"] = first_ratio_error
+        stats.update(drift.summary())
+        stats["first_ratio_abs_error"] = stats.pop("ratio_abs_error_max")
         stats["trained_steps"] = len(steps)
         return stats
 
-    def step_objective(self, step: int, x, x_next, old_log_prob, advantages, cond):
-        """The loss of one recorded transition x -> x_next of some rows: (loss + beta_kl * KL,
-        clipped policy loss, KL to the reference, ratio, clip fraction), differentiable in the
-        trainable weights."""
+    @torch.no_grad()
+    def recompute_log_probs(self, rollout: Rollout, minibatches: list[torch.Tensor], steps: list[int]) -> torch.Tensor:
+        """The rollout's log-probs at ``steps`` recomputed with the current weights, minibatch by
+        minibatch exactly as the update evaluates them (train.recompute_old_logprobs)."""
+        stepper, log_probs = self.sampler.stepper, rollout.log_probs.clone()
+        for rows_idx in minibatches:
+            cond = {name: value[rows_idx] for name, value in rollout.cond.items()}
+            for step in steps:
+                x, x_next = rollout.latents[rows_idx, step], rollout.latents[rows_idx, step + 1]
+                with self.autocast():
+                    out = stepper(step, x, self.model.predict(x, stepper.timesteps[step], cond), x_next=x_next)
+                log_probs[rows_idx, step] = out.log_prob
+        return log_probs
+
+    def step_objective(self, step: int, x, x_next, old_log_prob, advantages, cond) -> "StepTerms":
+        """The loss of one recorded transition x -> x_next of some rows (loss + beta_kl * KL, its
+        clipped policy loss, KL to the reference, ratio, clip fraction, the new log-prob),
+        differentiable in the trainable weights."""
         train, stepper = self.config.train, self.sampler.stepper
         timestep = stepper.timesteps[step]
         with self.autocast():
@@ -305,7 +359,7 @@ class Trainer:
             with torch.no_grad(), self.reference_model(), self.autocast():
                 reference = stepper(step, x, self.model.predict(x, timestep, cond), x_next=x_next)
             kl = kl_to_reference(out.mean, reference.mean, out.std).mean()
-        return loss + train.beta_kl * kl, loss, kl, ratio, clip_fraction
+        return StepTerms(loss + train.beta_kl * kl, loss, kl, ratio, clip_fraction, out.log_prob)
 
     @torch.no_grad()
     def _update_ema(self) -> None:

@@ -1,0 +1,115 @@
+"""Between its first step and its return a sampling call reads nothing back to the host: every
+Tensor -> Python conversion raises inside sample() (prompt encoding, which tokenizes on the host,
+runs before the first step and is exempt). On CUDA each such conversion would be a host sync."""
+from __future__ import annotations
+
+import contextlib
+
+import pytest
+import torch
+
+from progrpo_fast.models.flux import FluxDenoiser
+from progrpo_fast.models.sd1 import SD1Denoiser
+from progrpo_fast.models.sd3 import SD3Denoiser
+from progrpo_fast.models.tiny import tiny_flux_pipeline, tiny_sd1_pipeline, tiny_sd3_pipeline
+from progrpo_fast.sampling import PruneSchedule
+from progrpo_fast.sampling.graphs import GraphSampler
+from progrpo_fast.sampling.proxies import LatentProxy, ProbeProxy, RandomProxy
+from progrpo_fast.sampling.sampler import ExpandPruneSampler
+
+CONVERSIONS = ("item", "tolist", "__bool__", "__int__", "__float__", "__index__", "numpy")
+PROMPTS = ["a red circle", "two blue squares"]
+
+
+class HostConversionGuard:
+    """While active, every Tensor -> Python conversion raises; ``allowed()`` lifts it for a block."""
+
+    def __init__(self):
+        self.saved = {name: getattr(torch.Tensor, name) for name in CONVERSIONS}
+
+    def _forbid(self):
+        def raiser(name):
+            def forbidden(self, *args, **kwargs):
+                raise AssertionError(f"Tensor.{name}() inside a sampling call (a host sync on CUDA)")
+            return forbidden
+
+        for name in CONVERSIONS:
+            setattr(torch.Tensor, name, raiser(name))
+
+    def _restore(self):
+        for name, method in self.saved.items():
+            setattr(torch.Tensor, name, method)
+
+    @contextlib.contextmanager
+    def active(self):
+        self._forbid()
+        try:
+            yield self
+        finally:
+            self._restore()
+
+    @contextlib.contextmanager
+    def allowed(self):
+        self._restore()
+        try:
+            yield
+        finally:
+            self._forbid()
+
+
+def guarded_encode(model, guard):
+    encode = model.encode
+
+    def encode_on_host(prompts):
+        with guard.allowed():
+            return encode(prompts)
+
+    model.encode = encode_on_host
+    return model
+
+
+def test_guard_catches_a_conversion():
+    guard = HostConversionGuard()
+    with guard.active(), pytest.raises(AssertionError, match="Tensor.item"):
+        torch.ones(()).item()
+    assert torch.ones(()).item() == 1.0
+
+
+def fitted_probe(model, schedule, method):
+    """A probe fitted on two rollouts, so that sampling takes its fitted branch."""
+    probe = ProbeProxy(grid=2, min_samples=4)
+    sampler = ExpandPruneSampler(model, schedule, probe, method=method)
+    for seed in (0, 1):
+        rollout = sampler.sample(PROMPTS, seed=seed)
+        probe.observe(rollout, rollout.final_latents.mean((1, 2, 3)))
+    assert any(p.weights is not None for p in probe.probes.values()) or schedule.is_naive
+    return probe
+
+
+ADAPTERS = {
+    "sd3": (tiny_sd3_pipeline, SD3Denoiser, dict(max_sequence_length=4, resolution=16), "sde"),
+    "flux": (tiny_flux_pipeline, FluxDenoiser, dict(max_sequence_length=8, resolution=16, true_cfg_scale=2.0), "cps"),
+    "sd1": (tiny_sd1_pipeline, SD1Denoiser, dict(resolution=16), "ddim"),
+}
+SCHEDULES = {"two checkpoints": "6:1=4,2=2@4", "keep 1": "4:2=1@4", "naive": "4@4"}
+CASES = [("sd3", proxy, schedule) for proxy in ("latent", "random", "probe") for schedule in SCHEDULES]
+CASES += [(name, proxy, "two checkpoints") for name in ("flux", "sd1") for proxy in ("latent", "probe")]
+
+
+@pytest.mark.parametrize("name, proxy, schedule", CASES)
+@pytest.mark.parametrize("sampler_class", [ExpandPruneSampler, GraphSampler])
+def test_sampling_makes_no_host_conversion(sampler_class, name, proxy, schedule):
+    make_pipe, adapter, kwargs, method = ADAPTERS[name]
+    pipe = make_pipe()
+    pipe.set_progress_bar_config(disable=True)
+    model = adapter(pipe, **kwargs)
+    plan = PruneSchedule.from_string(SCHEDULES[schedule])
+    chosen = {"latent": lambda: LatentProxy(grid=2), "random": RandomProxy, "probe": lambda: fitted_probe(model, plan, method)}[proxy]()
+    sampler = sampler_class(model, plan, chosen, method=method, noise_steps=[0, 1] if name == "sd3" else None)
+    guard = HostConversionGuard()
+    guarded_encode(model, guard)
+    with guard.active():
+        first = sampler.sample(PROMPTS, seed=3)
+        second = sampler.sample(PROMPTS, seed=4)
+    assert first.latents.shape[0] == len(PROMPTS) * plan.final_group_size
+    assert not torch.equal(first.final_latents, second.final_latents)
