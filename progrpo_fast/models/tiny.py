@@ -97,20 +97,24 @@ def tiny_sd1_pipeline(seed: int = 0):
                                    unet=unet, scheduler=scheduler, safety_checker=None, feature_extractor=None, requires_safety_checker=False)
 
 
-def sd35_medium_sized_pipeline(seed: int = 0, device="cpu"):
+def sd35_medium_sized_pipeline(seed: int = 0, device="cpu", num_layers: int = 24, num_attention_heads: int = 24,
+                               dual_attention_layers: tuple[int, ...] = tuple(range(13))):
     """A random-weight StableDiffusion3Pipeline at SD3.5-Medium's size, for timing (weights do not
     change the time): the published transformer config (24 MMDiT-X blocks, 24 heads x 64, dual
     attention in blocks 0-12, 2.2e9 parameters) and SD3's VAE (16 latent channels, 8x down); the
     text side keeps the token count and widths (CLIP-L 768 and CLIP-G 1280 over 77 tokens, T5's
-    4096-wide tokens as zeros) with one layer per CLIP encoder, since text encoding runs once per prompt."""
+    4096-wide tokens as zeros) with one layer per CLIP encoder, since text encoding runs once per prompt.
+    num_layers / num_attention_heads (x 64 wide) / dual_attention_layers give smaller transformers
+    of the same family (e.g. 8 blocks of width 768 with no dual attention)."""
     from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, SD3Transformer2DModel, StableDiffusion3Pipeline
 
     tokenizer = word_level_tokenizer(max_length=77)
     torch.manual_seed(seed)
     with torch.device(device):
-        transformer = SD3Transformer2DModel(sample_size=128, patch_size=2, in_channels=16, out_channels=16, num_layers=24, attention_head_dim=64,
-                                            num_attention_heads=24, joint_attention_dim=4096, caption_projection_dim=1536, pooled_projection_dim=2048,
-                                            pos_embed_max_size=384, dual_attention_layers=tuple(range(13)), qk_norm="rms_norm").eval()
+        transformer = SD3Transformer2DModel(sample_size=128, patch_size=2, in_channels=16, out_channels=16, num_layers=num_layers,
+                                            attention_head_dim=64, num_attention_heads=num_attention_heads, joint_attention_dim=4096,
+                                            caption_projection_dim=64 * num_attention_heads, pooled_projection_dim=2048, pos_embed_max_size=384,
+                                            dual_attention_layers=tuple(dual_attention_layers), qk_norm="rms_norm").eval()
         vae = AutoencoderKL(in_channels=3, out_channels=3, down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4,
                             block_out_channels=(128, 256, 512, 512), layers_per_block=2, latent_channels=16, norm_num_groups=32, sample_size=1024,
                             scaling_factor=1.5305, shift_factor=0.0609, use_quant_conv=False, use_post_quant_conv=False).eval()

@@ -1,0 +1,1 @@
+"""Benchmarks of progrpo-fast (``progrpo-fast bench NAME``), one module per benchmark."""
