@@ -70,17 +70,22 @@ class Rollout:
 class ExpandPruneSampler:
     """sample(prompts, seed) runs the schedule on ``model`` (a Denoiser) with the step ``method``
     ("sde", "cps", "ode" for flow models, "ddim" for diffusion), noise at ``noise_steps`` (None:
-    all) and ``proxy`` at checkpoints."""
+    all) and ``proxy`` at checkpoints. Row j of prompt p is trajectory p * ``id_stride`` + j (None:
+    G_max), so a naive group of G with id_stride = G' takes the noise of the first G of a G' group."""
 
-    def __init__(self, model: Denoiser, schedule: PruneSchedule, proxy=None, method: str = "sde", eta: float = 0.7, noise_steps=None):
-        self.model, self.schedule = model, schedule
+    def __init__(self, model: Denoiser, schedule: PruneSchedule, proxy=None, method: str = "sde", eta: float = 0.7, noise_steps=None,
+                 id_stride: int | None = None):
+        if id_stride is not None and id_stride < schedule.group_size_max:
+            raise ValueError(f"id_stride must be >= the schedule's G_max = {schedule.group_size_max} (or None), got {id_stride}")
+        self.model, self.schedule, self.id_stride = model, schedule, id_stride
         self.proxy = proxy if proxy is not None else LatentProxy()
         self.stepper = Stepper(model.kind, method, eta, model.schedule(schedule.num_steps), noise_steps)
 
     @classmethod
     def from_config(cls, model: Denoiser, schedule: PruneSchedule, sampler_config, proxy=None) -> "ExpandPruneSampler":
         """The sampler of a config's sampler section (method, eta, noise_steps) on ``schedule``."""
-        return cls(model, schedule, proxy, method=sampler_config.method, eta=sampler_config.eta, noise_steps=sampler_config.noise_steps)
+        return cls(model, schedule, proxy, method=sampler_config.method, eta=sampler_config.eta, noise_steps=sampler_config.noise_steps,
+                   id_stride=sampler_config.trajectory_id_stride)
 
     @torch.no_grad()
     def sample(self, prompts: list[str], seed: int, progress=None) -> Rollout:
@@ -89,8 +94,8 @@ class ExpandPruneSampler:
         model, schedule, stepper = self.model, self.schedule, self.stepper
         device, steps = model.device, schedule.num_steps
         group, rows = schedule.group_size_max, len(prompts) * schedule.group_size_max
-        trajectory_ids = torch.arange(rows, device=device)
-        prompt_index = trajectory_ids // group
+        prompt_index = torch.arange(len(prompts), device=device).repeat_interleave(group)
+        trajectory_ids = prompt_index * (self.id_stride or group) + torch.arange(group, device=device).repeat(len(prompts))
         cond = repeat_rows(model.encode(prompts), group)
         history = torch.empty(rows, steps + 1, *model.latent_shape(), device=device)
         history[:, 0] = keyed_noise(seed, trajectory_ids, 0, history[:, 0].shape)

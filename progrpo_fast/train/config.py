@@ -106,7 +106,8 @@ class SamplerConfig:
     """Expand-and-prune sampling.
 
     schedule: PruneSchedule string "G_MAX:T1=K1,T2=K2@NUM_STEPS" ("G@NUM_STEPS" = naive GRPO).
-    proxy: what checkpoints prune by: "latent", "reward" (the paper's), "probe" or "random".
+    proxy: what checkpoints prune by: "latent", "reward" (the paper's), "probe", "hidden" (a probe on
+        the denoiser's own hidden features, never decodes) or "random".
     method: step rule: "sde" (Flow-GRPO), "cps" or "ode" for flow models; "ddim" for sd1.
     eta: noise level of the step rule (Flow-GRPO's 0.7 for sde; <= 1 for cps; 1.0 = DDPM for ddim).
     noise_steps: the steps (0-based, before the last) that add noise, an SDE window as in
@@ -116,16 +117,20 @@ class SamplerConfig:
     prompts_per_iteration: prompts sampled per iteration on each rank (groups of G_max rows).
     static_ovf: the static-OVF baseline: sample G_max unpruned, then keep each group's K by exact
         OVF on the final rewards (K = the schedule's final group size).
+    trajectory_id_stride: row j of prompt p samples the keyed noise of trajectory p * stride + j;
+        null: G_max. Paired comparisons set it to another method's G_max, so naive GRPO's G
+        trajectories are the first G of each of that method's groups (same prompts, same noise).
     """
 
     schedule: str = option("16:3=8,5=4@8")
-    proxy: Literal["latent", "reward", "probe", "random"] = option("reward")
+    proxy: Literal["latent", "reward", "probe", "hidden", "random"] = option("reward")
     method: Literal["sde", "cps", "ode", "ddim"] = option("sde")
     eta: float = option(0.7, non_negative())
     noise_steps: list[int] | None = option([0, 1])
     grid: int = option(4, at_least(1))
     prompts_per_iteration: int = option(4, at_least(1))
     static_ovf: bool = option(False)
+    trajectory_id_stride: int | None = option(None, optional(at_least(1)))
 
 
 @dataclass
@@ -422,6 +427,9 @@ class Config:
         if samp.noise_steps is not None and not (samp.noise_steps and all(0 <= t < schedule.num_steps - 1 for t in samp.noise_steps)):
             raise ValueError(f"config key 'sampler.noise_steps' must be null or a non-empty list of steps in [0, {schedule.num_steps - 1}) "
                              f"(the schedule has {schedule.num_steps} steps and its last is never trained), got {samp.noise_steps!r}")
+        if samp.trajectory_id_stride is not None and samp.trajectory_id_stride < schedule.group_size_max:
+            raise ValueError(f"config key 'sampler.trajectory_id_stride' must be null or >= the schedule's G_max = {schedule.group_size_max} "
+                             f"(groups must not share trajectory ids), got {samp.trajectory_id_stride}")
         if samp.static_ovf and schedule.is_naive:
             raise ValueError(f"sampler.static_ovf=true needs a pruned schedule to take K of G_max from (e.g. '24:5=16,7=12@10'), got the naive {samp.schedule!r}")
         if model.kind == "flux" and model.resolution is not None and model.resolution % 16:
