@@ -96,7 +96,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="progrpo-fast", description="Pro-GRPO: expand-and-prune GRPO for diffusion/flow models")
     commands = parser.add_subparsers(dest="command", required=True)
     commands.add_parser("info", help="print versions, device and which op backends loaded")
-    commands.add_parser("bench", add_help=False, help="benchmarks against naive GRPO: throughput, reward, selection (progrpo-fast bench -h)")
+    commands.add_parser("bench", add_help=False, help="benchmarks against naive GRPO: progrpo-fast bench NAME (progrpo-fast bench -h lists them)")
     train = commands.add_parser("train", help="train with (Pro-)GRPO; default: the built-in shapes task")
     add_config_arguments(train)
     train.add_argument("--resume", action="store_true", help="continue from the newest valid checkpoint in log.out_dir")
@@ -113,9 +113,13 @@ def main(argv: list[str] | None = None) -> int:
 
         return bench_graphs(argv[2:])
     if argv[:1] == ["bench"]:
-        from progrpo_fast.benchmark import main as bench
+        from progrpo_fast.bench import main as bench
 
-        return bench(argv[1:])
+        try:
+            return bench(argv[1:])
+        except ValueError as err:
+            print(f"progrpo-fast bench: error: {err}", file=sys.stderr)
+            return 2
     args = parser.parse_args(argv)
     if args.command == "info":
         rows = info()

@@ -1,12 +1,14 @@
-"""Benchmarks against naive GRPO: the cost model's counts (by hand), its FLOP units, one measured
-iteration per kind of method on the built-in model, selection quality against the oracle, results files."""
+"""Benchmarks against naive GRPO: the cost model's counts (by hand), its FLOP units, interleaved
+throughput rounds on the built-in model, selection quality against the oracle, paired and resumable
+reward-per-compute runs with bootstrap CIs, the clustering summary, results files, the CLI table."""
 import json
 
 import pytest
 import torch
 
-from progrpo_fast import benchmark as bench
-from progrpo_fast.benchmark import Method, UnitCosts, iteration_counts, predict
+from progrpo_fast.bench import BENCHMARKS, clustering, main as bench_main, reward, results, selection, snr, throughput
+from progrpo_fast.bench.cost_model import UnitCosts, iteration_counts, measure_units, predict
+from progrpo_fast.bench.methods import Method, paired_methods, select_methods
 from progrpo_fast.models.sd3 import SD3Denoiser
 from progrpo_fast.models.tiny import tiny_sd3_pipeline
 from progrpo_fast.train.config import load_config
@@ -61,60 +63,66 @@ def tiny_trainer(tmp_path, *extra):
 
 def test_flop_units_are_per_row_and_training_costs_forward_plus_backward(tmp_path):
     trainer = tiny_trainer(tmp_path, "train.beta_kl=0")
-    flops2, seconds2 = bench.measure_units(trainer, rows=2, repeats=1)
-    flops4, _ = bench.measure_units(trainer, rows=4, repeats=1)
+    flops2, seconds2 = measure_units(trainer, rows=2, repeats=1)
+    flops4, _ = measure_units(trainer, rows=4, repeats=1)
     assert flops2.net == pytest.approx(flops4.net, rel=0.02) and flops2.train == pytest.approx(flops4.train, rel=0.02)
     assert flops2.net > 0 and min(seconds2.net, seconds2.score, seconds2.train) > 0
     # one forward plus a backward: with frozen LoRA bases the backward computes input gradients
     # (about one forward, less the layers nothing upstream needs) but no base-weight gradients
     assert 1.5 * flops2.net < flops2.train < 3.1 * flops2.net
-    with_kl, _ = bench.measure_units(tiny_trainer(tmp_path, "train.beta_kl=0.1"), rows=2, repeats=1)
+    with_kl, _ = measure_units(tiny_trainer(tmp_path, "train.beta_kl=0.1"), rows=2, repeats=1)
     assert with_kl.train == pytest.approx(flops2.train + flops2.net, rel=0.02)  # plus the reference forward
 
 
-@pytest.mark.parametrize("method", [Method("naive", "4@8"), Method("static", "4:3=2,5=1@8", static_ovf=True),
-                                    Method("pro-reward", "4:3=2,5=1@8", proxy="reward")])
-def test_measured_iteration_on_the_built_in_model(method):
-    row = bench.measure_throughput(None, method, iterations=1, overrides=SMALL)
-    counts = iteration_counts(method, 1, row["trained_row_steps"] // row["trained_rows"])
-    assert row["trajectory_steps"] == counts.trajectory_steps
-    assert row["measured_s_total"] == pytest.approx(sum(row[f"measured_s_{p}"] for p in bench.PHASES))
-    assert all(row[f"measured_s_{p}"] >= 0 for p in bench.PHASES) and row["predicted_s_total"] > 0
-    assert (row["measured_s_proxy"] > 0) == method.name.startswith("pro")  # only pruning rollouts consult a proxy
-    assert (row["tflops_proxy"] > 0) == (method.proxy == "reward" and not method.static_ovf)
-    assert row["peak_memory_mib"] > 0
+def test_interleaved_throughput_rounds_on_the_built_in_model():
+    methods = [Method("naive", "4@8"), Method("static", "4:3=2,5=1@8", static_ovf=True), Method("pro-reward", "4:3=2,5=1@8", proxy="reward")]
+    rows = throughput.throughput(None, methods, rounds=2, overrides=SMALL, progress=False)
+    assert [r["method"] for r in rows] == [m.name for m in methods]
+    for method, row in zip(methods, rows):
+        counts = iteration_counts(method, 1, row["trained_row_steps"] // row["trained_rows"])
+        assert row["trajectory_steps"] == counts.trajectory_steps and row["rounds"] == 2 and len(row["per_round_total_s"]) == 2
+        assert row["measured_s_total_min"] <= row["measured_s_total"] <= row["measured_s_total_max"]
+        assert all(row[f"measured_s_{p}"] >= 0 for p in throughput.PHASES) and row["predicted_s_total"] > 0
+        assert (row["measured_s_proxy"] > 0) == method.name.startswith("pro")  # only pruning rollouts consult a proxy
+        assert (row["tflops_proxy"] > 0) == (method.proxy == "reward" and not method.static_ovf)
+        assert row["time_vs_first_naive_min"] <= row["time_vs_first_naive"] <= row["time_vs_first_naive_max"]
+    assert rows[0]["time_vs_first_naive"] == 1.0
+    with pytest.raises(ValueError, match="rounds must be >= 1"):
+        throughput.throughput(None, methods, rounds=0, overrides=SMALL)
 
 
 def test_selection_quality_is_bounded_by_the_oracle():
-    methods = [Method("pro-grpo-latent", "6:3=3,5=2@8"), Method("pro-grpo-random", "6:3=3,5=2@8", proxy="random")]
-    rows = bench.selection_quality(None, methods, batches=2, prompts_per_batch=3, overrides=SMALL)
+    methods = [Method("pro-grpo-latent", "6:3=3,5=2@8"), Method("pro-grpo-random", "6:3=3,5=2@8", proxy="random"),
+               Method("pro-grpo-hidden", "6:3=3,5=2@8", proxy="hidden")]
+    rows = selection.selection_quality(None, methods, batches=2, prompts_per_batch=3, overrides=[*SMALL, "prompts.pool=0"])
     assert {(r["method"], r["checkpoint_step"]) for r in rows} == {(m.name, t) for m in methods for t in (3, 5)}
     for r in rows:
-        assert r["groups"] == 6
+        assert r["groups"] == (3 if r["method"] == "pro-grpo-hidden" else 6)  # a learning proxy is scored on the second half
+        assert r["proxy_ms_per_call"] > 0
         assert r["std_kept"] <= r["std_oracle"] + 1e-6 and r["std_random"] <= r["std_oracle"] + 1e-6
         assert r["kept_over_oracle"] <= 1 + 1e-6
 
 
-@pytest.mark.parametrize("snr", [0.0, 0.05, 1.0])
-def test_signal_to_noise_estimate_recovers_a_known_ratio(snr):
-    """Draws g = mu + noise with |mu|^2 = snr * tr(Cov) in 256 dimensions."""
+@pytest.mark.parametrize("ratio", [0.0, 0.05, 1.0])
+def test_signal_to_noise_estimate_recovers_a_known_ratio(ratio):
+    """Draws g = mu + noise with |mu|^2 = ratio * tr(Cov) in 256 dimensions."""
     gen = torch.Generator().manual_seed(0)
     n, dim = 4000, 256
     mu = torch.zeros(dim)
-    mu[0] = (snr * dim) ** 0.5  # tr(Cov) = dim for unit-variance noise
+    mu[0] = (ratio * dim) ** 0.5  # tr(Cov) = dim for unit-variance noise
     draws = mu + torch.randn(n, dim, generator=gen)
-    estimate = bench.signal_to_noise(draws.sum(0), float(draws.pow(2).sum()), n)
-    assert estimate == pytest.approx(snr, abs=0.01 + 0.05 * snr)
+    estimate = snr.signal_to_noise(draws.sum(0), float(draws.pow(2).sum()), n)
+    assert estimate == pytest.approx(ratio, abs=0.01 + 0.05 * ratio)
     with pytest.raises(ValueError, match="n >= 2"):
-        bench.signal_to_noise(draws[0], 1.0, 1)
+        snr.signal_to_noise(draws[0], 1.0, 1)
 
 
 def test_gradient_snr_per_trained_step_leaves_the_weights_alone(tmp_path):
     trainer = tiny_trainer(tmp_path, "train.beta_kl=0", "sampler.noise_steps=null")
     before = [p.detach().clone() for p in trainer.parameters]
-    rows = bench.gradient_snr(trainer, batches=3)
+    rows = snr.gradient_snr(trainer, batches=3)
     assert [r["step"] for r in rows] == [0, 1, 2, "all"]  # T = 4 steps: steps 0..2 are trainable
-    window = bench.gradient_snr(tiny_trainer(tmp_path, "train.beta_kl=0", "sampler.noise_steps=[1]"), batches=2)
+    window = snr.gradient_snr(tiny_trainer(tmp_path, "train.beta_kl=0", "sampler.noise_steps=[1]"), batches=2)
     assert [r["step"] for r in window] == [1, "all"]
     assert all(r["rows_per_batch"] == 3 and r["batches"] == 3 for r in rows)  # 1 prompt x K = 3 survivors
     assert all(r["snr_per_batch"] == r["snr_per_batch"] for r in rows)  # finite, not NaN
@@ -148,47 +156,148 @@ def test_build_model_wraps_the_sd35m_sized_pipeline(monkeypatch):
     assert isinstance(model, SD3Denoiser) and model.dtype == torch.bfloat16 and model.latent_shape() == (4, 8, 8)
 
 
+def curve_rows(method, per_seed, tflops_per_iteration=2.0):
+    return [{"method": method, "seed": seed, "iteration": i, "tflops": tflops_per_iteration * i, "train_wall_s": float(i), "eval_reward": r}
+            for seed, rewards in enumerate(per_seed) for i, r in enumerate(rewards)]
+
+
 def test_compute_to_reach_interpolates_the_seed_mean_curve():
-    records = [{"method": "m", "seed": s, "iteration": i, "tflops": 2.0 * i, "eval_reward": r}
-               for s, rewards in enumerate([[0.0, 0.4, 0.8], [0.0, 0.2, 0.6]]) for i, r in enumerate(rewards)]
-    assert bench.seed_mean_curve(records, "m") == [(0.0, 0.0), (2.0, pytest.approx(0.3)), (4.0, pytest.approx(0.7))]
-    assert bench.compute_to_reach(records, "m", 0.5) == pytest.approx(3.0)
-    assert bench.compute_to_reach(records, "m", 0.9) is None
+    rows = curve_rows("m", [[0.0, 0.4, 0.8], [0.0, 0.2, 0.6]])
+    curve = reward.mean_curve(list(reward.curves(rows, "m").values()))
+    assert curve == [(0.0, 0.0), (2.0, pytest.approx(0.3)), (4.0, pytest.approx(0.7))]
+    assert reward.compute_to_reach(curve, 0.5) == pytest.approx(3.0)
+    assert reward.compute_to_reach(curve, 0.9) is None and reward.compute_to_reach(curve, -1.0) == 0.0
+
+
+def test_bootstrap_ci_covers_the_mean_and_shrinks_with_more_seeds():
+    gen = torch.Generator().manual_seed(0)
+    values = (0.1 + 0.05 * torch.randn(64, generator=gen)).tolist()
+    low, high = reward.bootstrap_ci(lambda chosen: sum(values[s] for s in chosen) / len(chosen), list(range(64)), draws=2000)
+    assert low < sum(values) / 64 < high and high - low < 0.05  # about 4 standard errors (0.05 / 8) wide
+    few_low, few_high = reward.bootstrap_ci(lambda chosen: sum(values[s] for s in chosen) / len(chosen), list(range(8)), draws=2000)
+    assert few_high - few_low > high - low
+
+
+def test_summary_pairs_seeds_with_the_reference():
+    """The reference ends at 0.6 after 4 TFLOPs; the method reaches 0.6 at 2 TFLOPs (half) and
+    ends 0.1 above it in every seed; a method without seed 1 is paired on seed 0 only."""
+    rows = curve_rows("naive", [[0.4, 0.5, 0.6], [0.4, 0.5, 0.6]])
+    rows += curve_rows("pro", [[0.4, 0.6, 0.7], [0.4, 0.6, 0.7]])
+    rows += curve_rows("late", [[0.4, 0.4, 0.5]])
+    summary = {row["method"]: row for row in reward.summarize(rows, ["naive", "pro", "late"], draws=200)}
+    assert summary["naive"]["final_minus_reference"] == 0 and summary["naive"]["fraction_of_reference_compute"] == 1.0
+    pro = summary["pro"]
+    assert pro["seeds"] == 2 and pro["final_minus_reference"] == pytest.approx(0.1)
+    assert pro["final_minus_reference_ci_low"] == pytest.approx(0.1) and pro["fraction_of_reference_compute"] == pytest.approx(0.5)
+    assert pro["per_seed_final_minus_reference"] == [pytest.approx(0.1)] * 2
+    assert summary["late"]["seeds"] == 1 and summary["late"]["fraction_of_reference_compute"] == float("inf")
+
+
+def test_paired_methods_share_noise_naive_k_takes_the_first_ids_of_each_group():
+    methods = {m.name: m for m in paired_methods("16:3=8,5=4@8")}
+    assert list(methods) == ["naive-16", "naive-4", "static-ovf", "pro-grpo-reward", "pro-grpo-latent", "pro-grpo-probe",
+                             "pro-grpo-hidden", "pro-grpo-random"]
+    assert methods["naive-4"].schedule == "4@8" and "sampler.trajectory_id_stride=16" in methods["naive-4"].overrides()
+    from progrpo_fast.sampling.sampler import ExpandPruneSampler
+    from progrpo_fast.sampling.schedule import PruneSchedule
+
+    model = SD3Denoiser(tiny_sd3_pipeline(), max_sequence_length=4, resolution=16)
+    prompts = ["a red circle", "two blue squares"]
+    wide = ExpandPruneSampler(model, PruneSchedule.naive(6, 3)).sample(prompts, seed=3)
+    narrow = ExpandPruneSampler(model, PruneSchedule.naive(2, 3), id_stride=6).sample(prompts, seed=3)
+    assert narrow.trajectory_ids.tolist() == [0, 1, 6, 7] and narrow.prompt_index.tolist() == [0, 0, 1, 1]
+    assert torch.allclose(narrow.latents, wide.latents[[0, 1, 6, 7]], atol=1e-5)
+    with pytest.raises(ValueError, match="id_stride must be >= the schedule's G_max"):
+        ExpandPruneSampler(model, PruneSchedule.naive(6, 3), id_stride=4)
+
+
+def test_reward_per_compute_is_resumable_and_refuses_another_setup(tmp_path, monkeypatch):
+    methods = [Method("naive-2", "2@8", id_stride=4), Method("pro-grpo-random", "4:3=2@8", proxy="random")]
+    overrides = [*SMALL, "sampler.noise_steps=[0]", "log.eval_prompts=1", "log.eval_per_prompt=2"]
+    path = tmp_path / "reward.json"
+    rows = reward.reward_per_compute(None, methods, [0], 1, 1, path, "test", overrides)
+    assert {(r["method"], r["seed"]) for r in rows} == {("naive-2", 0), ("pro-grpo-random", 0)}
+    assert all(r["iteration"] == 0 for r in rows if r["tflops"] == 0) and len(rows) == 4  # iteration 0 and the end of each
+    saved = json.loads(path.read_text())
+    assert saved["rows"] == rows and set(saved["flops_per_iteration"]) == {"naive-2", "pro-grpo-random"}
+    trained = []
+    monkeypatch.setattr(reward, "train_curve", lambda base, method, seed, *args, **kwargs: trained.append((method.name, seed)) or
+                        [{"iteration": 0, "train_wall_s": 0.0, "eval_reward": 0.5}])
+    again = reward.reward_per_compute(None, methods, [0, 1], 1, 1, path, "test", overrides)
+    assert trained == [("naive-2", 1), ("pro-grpo-random", 1)] and len(again) == 6  # seed 0 skipped
+    with pytest.raises(ValueError, match="holds results of another setup"):
+        reward.reward_per_compute(None, methods, [0], 2, 1, path, "test", overrides)
+
+
+def test_evaluation_iterations_are_evenly_spaced_and_end_at_the_last():
+    assert reward.evaluation_iterations(10, 4) == [2, 5, 8, 10]
+    assert reward.evaluation_iterations(3, 5) == [1, 2, 3]
+
+
+def test_clustering_summary_counts_small_advantages_and_pairs_seeds():
+    rows = [{"method": "naive-16", "seed": s, "iterations": 4, "eval_before": 0.5, "eval_after": 0.55,
+             "abs_adv_start": [0.1, 0.2, 1.0, 2.0], "abs_adv_end": [0.1, 0.2, 0.3, 2.0]} for s in (0, 1)]
+    rows += [{"method": "static-ovf", "seed": s, "iterations": 4, "eval_before": 0.5, "eval_after": 0.6 + 0.1 * s,
+              "abs_adv_start": [1.0, 1.0], "abs_adv_end": [1.0, 0.4]} for s in (0, 1)]
+    summary = {r["method"]: r for r in clustering.summarize(rows, "naive-16", draws=200)}
+    assert summary["naive-16"]["abs_adv_below_half_start"] == 0.5 and summary["naive-16"]["abs_adv_below_half_end"] == 0.75
+    static = summary["static-ovf"]
+    assert static["after_minus_naive"] == pytest.approx(0.1) and static["per_seed_after_minus_naive"] == [pytest.approx(0.05), pytest.approx(0.15)]
+    assert static["after_minus_naive_ci_low"] >= 0.05 - 1e-9 and static["abs_adv_below_half_end"] == 0.5
+    naive, static_method = clustering.clustering_methods("16:3=8,5=4@8")
+    assert (naive.name, static_method.name, static_method.static_ovf) == ("naive-16", "static-ovf", True)
 
 
 def test_results_files_table_and_plots(tmp_path):
     rows = [{"method": m, "schedule": "4@8", "trajectory_steps": 32, "network_evaluations": 64, "tflops_total": 1.5,
-             **{f"measured_s_{p}": 0.5 for p in bench.PHASES}, "measured_s_total": 2.0, "time_vs_first_naive": 1.0,
-             "predicted_s_total": 2.2, "measured_over_predicted": 2.0 / 2.2, "peak_memory_mib": 100.0} for m in ("a", "b")]
-    path = bench.write_results(tmp_path, "throughput_test", rows, "progrpo-fast bench throughput")
+             **{f"measured_s_{p}": 0.5 for p in throughput.PHASES}, "measured_s_total": 2.0, "measured_s_total_min": 1.9,
+             "measured_s_total_max": 2.1, "time_vs_first_naive": 1.0, "predicted_s_total": 2.2, "measured_over_predicted": 2.0 / 2.2} for m in ("a", "b")]
+    path = results.write_results(tmp_path, "throughput_test", rows, "progrpo-fast bench throughput")
     payload = json.loads(path.read_text())
     assert payload["rows"] == rows and payload["command"].startswith("progrpo-fast bench") and "torch" in payload["machine"]
     assert (tmp_path / "throughput_test.csv").read_text().splitlines()[0].startswith("method,schedule")
-    table = bench.markdown_table(rows, bench.THROUGHPUT_COLUMNS)
+    table = results.markdown_table(rows, throughput.COLUMNS)
     assert table.count("\n") == 3 and "| a | 4@8 | 32 |" in table
-    assert bench.plot_throughput(rows, tmp_path / "t.png").stat().st_size > 0
-    records = [{"method": m, "seed": 0, "iteration": i, "tflops": float(i), "train_wall_s": float(i), "eval_reward": 0.1 * i}
-               for m in ("a", "b") for i in range(3)]
-    assert bench.plot_reward_per_compute(records, tmp_path / "r.png").stat().st_size > 0
+    assert throughput.plot_throughput(rows, tmp_path / "t.png").stat().st_size > 0
+    records = curve_rows("a", [[0.1, 0.2, 0.3]]) + curve_rows("b", [[0.1, 0.3, 0.2], [0.2, 0.2, 0.2]])
+    assert reward.plot(records, ["a", "b"], tmp_path / "r.png").stat().st_size > 0
+    cluster_rows = [{"method": m, "seed": 0, "eval_before": 0.5, "eval_after": 0.6, "abs_adv_start": [0.1, 1.0], "abs_adv_end": [0.2, 0.9]}
+                    for m in ("naive-16", "static-ovf")]
+    assert clustering.plot(cluster_rows, "naive-16", tmp_path / "c.png").stat().st_size > 0
 
 
-def test_cli_bench_help_lists_the_benchmarks(capsys):
+def test_cli_bench_help_lists_every_benchmark_of_the_table(capsys):
     from progrpo_fast.cli import main
 
     with pytest.raises(SystemExit):
         main(["bench", "--help"])
     out = capsys.readouterr().out
-    assert "throughput" in out and "selection" in out and "snr" in out
+    assert all(name in out for name in BENCHMARKS) and {"throughput", "reward", "selection", "snr", "clustering"} <= set(BENCHMARKS)
+
+
+def test_every_benchmark_module_has_the_registry_interface():
+    import importlib
+
+    for module_name in BENCHMARKS.values():
+        module = importlib.import_module(module_name)
+        assert isinstance(module.DESCRIPTION, str) and callable(module.add_arguments) and callable(module.run)
 
 
 def test_bench_rejects_unknown_benchmark():
     with pytest.raises(SystemExit):
-        bench.main(["speed"])
+        bench_main(["speed"])
+
+
+def test_cli_bench_reports_a_bad_option_value_as_an_error(capsys, tmp_path):
+    from progrpo_fast.cli import main
+
+    assert main(["bench", "clustering", "--iterations", "2", "--window", "3", "--out", str(tmp_path)]) == 2
+    assert "--window must be in [1, --iterations=2]" in capsys.readouterr().err
 
 
 def test_select_methods_keeps_the_named_order_and_rejects_unknown_names():
-    methods = bench.SHAPES_METHODS
-    assert bench.select_methods(methods, None) == methods
-    assert [m.name for m in bench.select_methods(methods, "naive-8, pro-grpo-reward")] == ["naive-8", "pro-grpo-reward"]
-    with pytest.raises(ValueError, match=r"--methods must name one or more of naive-8, static-ovf"):
-        bench.select_methods(methods, "naive-8,grpo")
+    methods = paired_methods("16:3=8,5=4@8")
+    assert select_methods(methods, None) == methods
+    assert [m.name for m in select_methods(methods, "naive-16, pro-grpo-reward")] == ["naive-16", "pro-grpo-reward"]
+    with pytest.raises(ValueError, match=r"--methods must name one or more of naive-16, naive-4, static-ovf"):
+        select_methods(methods, "naive-16,grpo")

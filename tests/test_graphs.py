@@ -10,7 +10,7 @@ from progrpo_fast.models.sd3 import SD3Denoiser
 from progrpo_fast.models.tiny import tiny_sd1_pipeline, tiny_sd3_pipeline
 from progrpo_fast.sampling import PruneSchedule
 from progrpo_fast.sampling.graphs import GraphSampler, build_sampler, graph_support
-from progrpo_fast.sampling.proxies import LatentProxy, ProbeProxy, RandomProxy, RewardProxy
+from progrpo_fast.sampling.proxies import HiddenProbeProxy, LatentProxy, ProbeProxy, RandomProxy, RewardProxy
 from progrpo_fast.sampling.sampler import ExpandPruneSampler, segments
 from progrpo_fast.train.config import available_presets, load_config
 
@@ -46,8 +46,10 @@ def reward_proxy():
     return RewardProxy(lambda images, prompts: images.mean((1, 2, 3)) + torch.tensor([len(p) for p in prompts]) * 0.01)
 
 
-PROXIES = {"latent": lambda: LatentProxy(grid=2), "random": RandomProxy, "probe": lambda: ProbeProxy(grid=2, min_samples=4),
-           "reward": reward_proxy}
+PROXIES = {"latent": lambda model: LatentProxy(grid=2), "random": lambda model: RandomProxy(),
+           "probe": lambda model: ProbeProxy(grid=2, min_samples=4), "hidden": lambda model: HiddenProbeProxy(model.network, min_samples=4),
+           "reward": lambda model: reward_proxy()}
+LEARNING = ("probe", "hidden")
 
 
 @pytest.mark.parametrize("proxy", PROXIES)
@@ -56,17 +58,17 @@ PROXIES = {"latent": lambda: LatentProxy(grid=2), "random": RandomProxy, "probe"
 def test_graph_sampler_equals_the_eager_sampler_bitwise(proxy, cfg, noise_steps):
     model = sd3(4.5 if cfg else 1.0)
     schedule = PruneSchedule.from_string("6:1=4,3=2@5")
-    proxies = PROXIES[proxy](), PROXIES[proxy]()
+    proxies = PROXIES[proxy](model), PROXIES[proxy](model)
     eager = ExpandPruneSampler(model, schedule, proxies[0], noise_steps=noise_steps)
     graphed = GraphSampler(model, schedule, proxies[1], noise_steps=noise_steps)
     for seed, prompts in ((1, PROMPTS), (2, PROMPTS[::-1]), (3, PROMPTS)):  # the static buffers are reused
         expected, got = eager.sample(prompts, seed), graphed.sample(prompts, seed)
         assert_same_rollout(got, expected)
-        if proxy == "probe":  # both probes learn from their own rollouts and must stay identical
+        if proxy in LEARNING:  # both probes learn from their own rollouts and must stay identical
             for probe, rollout in zip(proxies, (expected, got)):
                 probe.observe(rollout, rollout.final_latents.mean((1, 2, 3)))
-    if proxy == "probe":
-        assert all(p.weights is not None for p in proxies[1].probes.values())
+    if proxy in LEARNING:
+        assert proxies[1].graph_key()[-1], "the probe was fitted and sampled with its fitted branch"
 
 
 def preset_schedules():

@@ -14,7 +14,7 @@ from progrpo_fast.models.sd3 import SD3Denoiser
 from progrpo_fast.models.tiny import tiny_flux_pipeline, tiny_sd1_pipeline, tiny_sd3_pipeline
 from progrpo_fast.sampling import PruneSchedule
 from progrpo_fast.sampling.graphs import GraphSampler
-from progrpo_fast.sampling.proxies import LatentProxy, ProbeProxy, RandomProxy
+from progrpo_fast.sampling.proxies import HiddenProbeProxy, LatentProxy, ProbeProxy, RandomProxy
 from progrpo_fast.sampling.sampler import ExpandPruneSampler
 
 CONVERSIONS = ("item", "tolist", "__bool__", "__int__", "__float__", "__index__", "numpy")
@@ -75,15 +75,14 @@ def test_guard_catches_a_conversion():
     assert torch.ones(()).item() == 1.0
 
 
-def fitted_probe(model, schedule, method):
-    """A probe fitted on two rollouts, so that sampling takes its fitted branch."""
-    probe = ProbeProxy(grid=2, min_samples=4)
-    sampler = ExpandPruneSampler(model, schedule, probe, method=method)
+def fitted(proxy, model, schedule, method):
+    """``proxy`` after learning from two rollouts, so that sampling takes its fitted branch."""
+    sampler = ExpandPruneSampler(model, schedule, proxy, method=method)
     for seed in (0, 1):
         rollout = sampler.sample(PROMPTS, seed=seed)
-        probe.observe(rollout, rollout.final_latents.mean((1, 2, 3)))
-    assert any(p.weights is not None for p in probe.probes.values()) or schedule.is_naive
-    return probe
+        proxy.observe(rollout, rollout.final_latents.mean((1, 2, 3)))
+    assert schedule.is_naive or proxy.graph_key()[-1], "a fitted checkpoint"
+    return proxy
 
 
 ADAPTERS = {
@@ -92,8 +91,8 @@ ADAPTERS = {
     "sd1": (tiny_sd1_pipeline, SD1Denoiser, dict(resolution=16), "ddim"),
 }
 SCHEDULES = {"two checkpoints": "6:1=4,2=2@4", "keep 1": "4:2=1@4", "naive": "4@4"}
-CASES = [("sd3", proxy, schedule) for proxy in ("latent", "random", "probe") for schedule in SCHEDULES]
-CASES += [(name, proxy, "two checkpoints") for name in ("flux", "sd1") for proxy in ("latent", "probe")]
+CASES = [("sd3", proxy, schedule) for proxy in ("latent", "random", "probe", "hidden") for schedule in SCHEDULES]
+CASES += [(name, proxy, "two checkpoints") for name in ("flux", "sd1") for proxy in ("latent", "probe", "hidden")]
 
 
 @pytest.mark.parametrize("name, proxy, schedule", CASES)
@@ -104,7 +103,9 @@ def test_sampling_makes_no_host_conversion(sampler_class, name, proxy, schedule)
     pipe.set_progress_bar_config(disable=True)
     model = adapter(pipe, **kwargs)
     plan = PruneSchedule.from_string(SCHEDULES[schedule])
-    chosen = {"latent": lambda: LatentProxy(grid=2), "random": RandomProxy, "probe": lambda: fitted_probe(model, plan, method)}[proxy]()
+    chosen = {"latent": lambda: LatentProxy(grid=2), "random": RandomProxy,
+              "probe": lambda: fitted(ProbeProxy(grid=2, min_samples=4), model, plan, method),
+              "hidden": lambda: fitted(HiddenProbeProxy(model.network, min_samples=4), model, plan, method)}[proxy]()
     sampler = sampler_class(model, plan, chosen, method=method, noise_steps=[0, 1] if name == "sd3" else None)
     guard = HostConversionGuard()
     guarded_encode(model, guard)

@@ -48,8 +48,9 @@ class GraphSampler(ExpandPruneSampler):
     ``sample(prompts, seed) -> Rollout``. The rollout's tensors are copies: the next call reuses
     the static buffers."""
 
-    def __init__(self, model, schedule, proxy=None, method: str = "sde", eta: float = 0.7, noise_steps=None, *, warmup: int = 2):
-        super().__init__(model, schedule, proxy, method, eta, noise_steps)
+    def __init__(self, model, schedule, proxy=None, method: str = "sde", eta: float = 0.7, noise_steps=None, id_stride: int | None = None,
+                 *, warmup: int = 2):
+        super().__init__(model, schedule, proxy, method, eta, noise_steps, id_stride)
         if not isinstance(warmup, int) or warmup < 1:
             raise ValueError(f"warmup must be an int >= 1 (eager rollouts before capture), got {warmup!r}")
         self.warmup = warmup

@@ -227,3 +227,153 @@ def spearman(a: torch.Tensor, b: torch.Tensor) -> float:
 
 
 PROXIES = {"latent": LatentProxy, "reward": RewardProxy, "probe": ProbeProxy, "random": RandomProxy}
+
+
+def group_means(values: torch.Tensor, groups: torch.Tensor) -> torch.Tensor:
+    """Each row's group mean: values (n, ...) averaged over the rows sharing its ``groups`` id (n,)."""
+    count = torch.zeros(int(groups.max()) + 1, dtype=values.dtype, device=values.device).index_add_(0, groups, torch.ones_like(groups, dtype=values.dtype))
+    sums = torch.zeros(count.shape[0], *values.shape[1:], dtype=values.dtype, device=values.device).index_add_(0, groups, values)
+    return (sums / count.view(-1, *[1] * (values.dim() - 1)).clamp_min(1))[groups]
+
+
+def pool_block_output(output) -> torch.Tensor:
+    """A block's output (a tensor, or a tuple whose tensors are the streams, e.g. MMDiT's (context,
+    image)) -> (batch, features) fp32: each stream of tokens (B, N, D) averaged over its tokens and
+    each feature map (B, C, H, W) over its pixels, side by side."""
+    streams = output if isinstance(output, (tuple, list)) else (output,)
+    pooled = [s.detach().float().mean(1) if s.dim() == 3 else s.detach().float().mean((2, 3))
+              for s in streams if isinstance(s, torch.Tensor) and s.dim() in (3, 4)]
+    return torch.cat(pooled, 1)
+
+
+def default_probe_block(network: torch.nn.Module) -> torch.nn.Module:
+    """The last block of the network's first block list whose output still carries every stream
+    (MMDiT's last joint block drops the text stream, so the one before it), else the last block."""
+    for child in network.children():
+        if isinstance(child, torch.nn.ModuleList) and len(child):
+            blocks = list(child)
+            pre_only = getattr(blocks[-1], "context_pre_only", False)
+            return blocks[-2] if pre_only and len(blocks) > 1 else blocks[-1]
+    raise ValueError(f"{type(network).__name__} has no block list (a ModuleList child) to read hidden features from; pass block=")
+
+
+class HiddenProbeProxy:
+    """A probe from the denoiser's own hidden features to the final reward: never decodes, never
+    calls the reward model.
+
+    A forward hook on ``block`` (default: ``default_probe_block``) keeps the token-pooled output of
+    the network's latest pass (``pool_block_output``; under CFG both halves side by side per row).
+    At a checkpoint that pass is the previous step's, the one that computed x0_hat, so the features
+    cost a mean over tokens. Scores s = f @ w_t (one w_t per checkpoint step) select by exact OVF.
+
+    ``observe(rollout, final_rewards)`` after each rollout pairs the survivors' features (kept in
+    the rollout's prune log) with their final rewards, both minus their group's mean (only the order
+    within a group decides a selection), reports the Spearman correlation of the current probe's
+    scores with those deviations (before refitting: out of sample), and refits ridge regression on
+    the last ``buffer_size`` pairs with standardised features: w = S^-1 (Z^T Z + ridge * n I)^-1 Z^T y,
+    Z = X S^-1, S the features' std. w_t lives in a persistent tensor updated in place; until a
+    step has ``min_samples`` pairs its checkpoint keeps a keyed uniformly random subset.
+    ``__call__`` is device work only (no host sync); ``graph_key()`` names the fitted steps."""
+
+    name = "hidden"
+    capturable = True
+
+    def __init__(self, network: torch.nn.Module, block: torch.nn.Module | None = None, ridge: float = 0.1, min_samples: int = 64,
+                 buffer_size: int = 4096):
+        self.ridge, self.min_samples, self.buffer_size = ridge, min_samples, buffer_size
+        self.block = block if block is not None else default_probe_block(network)
+        self.hook = self.block.register_forward_hook(self._keep)
+        self.latest: torch.Tensor | None = None
+        self.weights: dict[int, torch.Tensor] = {}  # step -> (D,) fp32, fitted steps only
+        self.buffers: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}  # step -> (centred features, centred rewards), fp64 CPU
+        self.random = RandomProxy()
+
+    def _keep(self, module, inputs, output) -> None:
+        self.latest = pool_block_output(output)
+
+    def features(self, rows: int) -> torch.Tensor:
+        """(rows, D) features of the latest pass over ``rows`` rows (CFG halves side by side)."""
+        if self.latest is None:
+            raise ValueError("the hidden proxy has seen no network pass yet: it scores a checkpoint after a denoising step")
+        if self.latest.shape[0] == 2 * rows:
+            return torch.cat(self.latest.chunk(2), 1)
+        if self.latest.shape[0] != rows:
+            raise ValueError(f"the hidden proxy's latest network pass had {self.latest.shape[0]} rows, the checkpoint {rows}")
+        return self.latest
+
+    def graph_key(self):
+        return tuple(sorted(self.weights))
+
+    def __call__(self, ckpt: Checkpoint) -> Selection:
+        features = self.features(ckpt.x0_hat.shape[0])
+        weights = self.weights.get(ckpt.step)
+        if weights is None:
+            selection = self.random(ckpt)
+            selection.features = features
+            return selection
+        return select_by_scores(features @ weights, ckpt, features)
+
+    def observe(self, rollout, final_rewards: torch.Tensor) -> dict[int, float]:
+        """Adds the survivors' (centred features, centred final reward) pairs per checkpoint step and
+        refits; returns the Spearman correlation per step of the probe that made this rollout's choices."""
+        report = {}
+        for record in rollout.prune_log:
+            if record.kept_features is None:
+                continue
+            step, features, ids = record.step, record.kept_features, record.kept_ids.flatten()
+            order = ids.argsort()
+            rows = order[torch.searchsorted(ids[order], rollout.trajectory_ids.to(ids.device))]
+            groups = rollout.prompt_index.to(features.device)
+            x, y = features[rows].double(), final_rewards.to(features.device).double()
+            x, y = (x - group_means(x, groups)).cpu(), (y - group_means(y, groups)).cpu()
+            if step in self.weights and y.numel() > 2:
+                report[step] = spearman(x.float() @ self.weights[step].cpu(), y)
+            old_x, old_y = self.buffers.get(step, (x[:0], y[:0]))
+            buffer_x, buffer_y = torch.cat([old_x, x])[-self.buffer_size :], torch.cat([old_y, y])[-self.buffer_size :]
+            self.buffers[step] = (buffer_x, buffer_y)
+            if buffer_y.numel() >= self.min_samples:
+                fitted = self.fit(buffer_x, buffer_y).to(features.device)
+                if step in self.weights:
+                    self.weights[step].copy_(fitted)
+                else:
+                    self.weights[step] = fitted
+        return report
+
+    def fit(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """Ridge regression of y on standardised x (fp64), returned as fp32 weights on the raw features."""
+        scale = x.std(0).clamp_min(1e-8)
+        z = x / scale
+        gram = z.T @ z + self.ridge * z.shape[0] * torch.eye(z.shape[1], dtype=z.dtype)
+        return (torch.linalg.solve(gram, z.T @ y) / scale).float()
+
+    def state_dict(self) -> dict:
+        return {"weights": {step: w.cpu() for step, w in self.weights.items()}, "buffers": dict(self.buffers)}
+
+    def load_state_dict(self, state: dict) -> None:
+        for step, w in state["weights"].items():
+            if int(step) in self.weights:
+                self.weights[int(step)].copy_(w)
+            else:
+                self.weights[int(step)] = w.clone()
+        self.buffers = {int(step): value for step, value in state["buffers"].items()}
+
+
+PROXIES["hidden"] = HiddenProbeProxy
+
+
+def build_proxy(name: str, *, reward=None, network: torch.nn.Module | None = None, grid: int = 4):
+    """The proxy ``name`` of PROXIES: "reward" scores with ``reward`` (a WeightedReward), "hidden"
+    hooks ``network`` (the denoiser's network), "latent" and "probe" pool on a ``grid``."""
+    if name not in PROXIES:
+        raise ValueError(f"unknown proxy {name!r}; expected one of {', '.join(PROXIES)}")
+    if name == "reward":
+        if reward is None:
+            raise ValueError("the reward proxy needs reward= (the reward it scores decoded x0_hat with)")
+        return RewardProxy(reward)
+    if name == "hidden":
+        if network is None:
+            raise ValueError("the hidden proxy needs network= (the denoiser network whose hidden features it reads)")
+        return HiddenProbeProxy(network)
+    if name in ("latent", "probe"):
+        return PROXIES[name](grid=grid)
+    return PROXIES[name]()

@@ -159,10 +159,14 @@ class RowState:
 class ExpandPruneSampler:
     """sample(prompts, seed) runs the schedule on ``model`` (a Denoiser) with the step ``method``
     ("sde", "cps", "ode" for flow models, "ddim" for diffusion), noise at ``noise_steps`` (None:
-    all) and ``proxy`` at checkpoints."""
+    all) and ``proxy`` at checkpoints. Row j of prompt p is trajectory p * ``id_stride`` + j (None:
+    G_max), so a naive group of G with id_stride = G' takes the noise of the first G of a G' group."""
 
-    def __init__(self, model: Denoiser, schedule: PruneSchedule, proxy=None, method: str = "sde", eta: float = 0.7, noise_steps=None):
-        self.model, self.schedule = model, schedule
+    def __init__(self, model: Denoiser, schedule: PruneSchedule, proxy=None, method: str = "sde", eta: float = 0.7, noise_steps=None,
+                 id_stride: int | None = None):
+        if id_stride is not None and id_stride < schedule.group_size_max:
+            raise ValueError(f"id_stride must be >= the schedule's G_max = {schedule.group_size_max} (or None), got {id_stride}")
+        self.model, self.schedule, self.id_stride = model, schedule, id_stride
         self.proxy = proxy if proxy is not None else LatentProxy()
         self.stepper = Stepper(model.kind, method, eta, model.schedule(schedule.num_steps), noise_steps)
         self.segments = segments(schedule)
@@ -170,7 +174,8 @@ class ExpandPruneSampler:
     @classmethod
     def from_config(cls, model: Denoiser, schedule: PruneSchedule, sampler_config, proxy=None, **kwargs):
         """The sampler of a config's sampler section (method, eta, noise_steps) on ``schedule``."""
-        return cls(model, schedule, proxy, method=sampler_config.method, eta=sampler_config.eta, noise_steps=sampler_config.noise_steps, **kwargs)
+        return cls(model, schedule, proxy, method=sampler_config.method, eta=sampler_config.eta, noise_steps=sampler_config.noise_steps,
+                   id_stride=sampler_config.trajectory_id_stride, **kwargs)
 
     @torch.no_grad()
     def sample(self, prompts: list[str], seed: int, progress=None) -> Rollout:
@@ -194,14 +199,14 @@ class ExpandPruneSampler:
     def new_state(self, num_prompts: int, cond: dict[str, torch.Tensor]) -> RowState:
         """Freshly allocated per-row state for ``num_prompts`` prompts holding ``cond``."""
         device, steps = self.model.device, self.schedule.num_steps
-        rows = num_prompts * self.schedule.group_size_max
-        trajectory_ids = torch.arange(rows, device=device)
+        group = self.schedule.group_size_max
+        rows = num_prompts * group
+        prompt_index = torch.arange(num_prompts, device=device).repeat_interleave(group)
         return RowState(
             history=torch.empty(rows, steps + 1, *self.model.latent_shape(), device=device),
             log_probs=torch.zeros(rows, steps, device=device),
-            trajectory_ids=trajectory_ids,
-            prompt_index=trajectory_ids // self.schedule.group_size_max,
-            cond=cond, rows=rows, group=self.schedule.group_size_max,
+            trajectory_ids=prompt_index * (self.id_stride or group) + torch.arange(group, device=device).repeat(num_prompts),
+            prompt_index=prompt_index, cond=cond, rows=rows, group=group,
         )
 
     def run_steps(self, state: RowState, segment: Segment, seed: torch.Tensor, progress=None) -> torch.Tensor:

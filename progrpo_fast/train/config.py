@@ -106,7 +106,8 @@ class SamplerConfig:
     """Expand-and-prune sampling.
 
     schedule: PruneSchedule string "G_MAX:T1=K1,T2=K2@NUM_STEPS" ("G@NUM_STEPS" = naive GRPO).
-    proxy: what checkpoints prune by: "latent", "reward" (the paper's), "probe" or "random".
+    proxy: what checkpoints prune by: "latent", "reward" (the paper's), "probe", "hidden" (a probe on
+        the denoiser's own hidden features, never decodes) or "random".
     method: step rule: "sde" (Flow-GRPO), "cps" or "ode" for flow models; "ddim" for sd1.
     eta: noise level of the step rule (Flow-GRPO's 0.7 for sde; <= 1 for cps; 1.0 = DDPM for ddim).
     noise_steps: the steps (0-based, before the last) that add noise, an SDE window as in
@@ -119,10 +120,13 @@ class SamplerConfig:
     cuda_graphs: "auto" (capture each rollout segment as a CUDA graph on a CUDA device when the
         model allows it, else sample eagerly, saying why), "true" (require it: an error naming the
         reason otherwise) or "false" (always eager).
+    trajectory_id_stride: row j of prompt p samples the keyed noise of trajectory p * stride + j;
+        null: G_max. Paired comparisons set it to another method's G_max, so naive GRPO's G
+        trajectories are the first G of each of that method's groups (same prompts, same noise).
     """
 
     schedule: str = option("16:3=8,5=4@8")
-    proxy: Literal["latent", "reward", "probe", "random"] = option("reward")
+    proxy: Literal["latent", "reward", "probe", "hidden", "random"] = option("reward")
     method: Literal["sde", "cps", "ode", "ddim"] = option("sde")
     eta: float = option(0.7, non_negative())
     noise_steps: list[int] | None = option([0, 1])
@@ -130,6 +134,7 @@ class SamplerConfig:
     prompts_per_iteration: int = option(4, at_least(1))
     static_ovf: bool = option(False)
     cuda_graphs: Literal["auto", "true", "false"] = option("auto")
+    trajectory_id_stride: int | None = option(None, optional(at_least(1)))
 
 
 @dataclass
@@ -433,6 +438,9 @@ class Config:
         if samp.noise_steps is not None and not (samp.noise_steps and all(0 <= t < schedule.num_steps - 1 for t in samp.noise_steps)):
             raise ValueError(f"config key 'sampler.noise_steps' must be null or a non-empty list of steps in [0, {schedule.num_steps - 1}) "
                              f"(the schedule has {schedule.num_steps} steps and its last is never trained), got {samp.noise_steps!r}")
+        if samp.trajectory_id_stride is not None and samp.trajectory_id_stride < schedule.group_size_max:
+            raise ValueError(f"config key 'sampler.trajectory_id_stride' must be null or >= the schedule's G_max = {schedule.group_size_max} "
+                             f"(groups must not share trajectory ids), got {samp.trajectory_id_stride}")
         if samp.static_ovf and schedule.is_naive:
             raise ValueError(f"sampler.static_ovf=true needs a pruned schedule to take K of G_max from (e.g. '24:5=16,7=12@10'), got the naive {samp.schedule!r}")
         if model.kind == "flux" and model.resolution is not None and model.resolution % 16:

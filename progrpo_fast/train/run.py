@@ -2,6 +2,7 @@
 logs (JSONL always; TensorBoard / W&B when enabled and installed), progress bar, reward curve."""
 from __future__ import annotations
 
+import dataclasses
 import json
 import random
 import time
@@ -188,7 +189,8 @@ def evaluate(config, model, reward, held_out: bool = False) -> dict:
     prompts, per_prompt = evaluation_prompts(config, held_out), config.log.eval_per_prompt
     count = len(prompts)
     schedule = PruneSchedule.naive(per_prompt, PruneSchedule.from_string(config.sampler.schedule).num_steps)
-    sampler = ExpandPruneSampler.from_config(model, schedule, config.sampler)
+    # its own trajectory ids (no training stride): every method of a paired comparison sees the same noise
+    sampler = ExpandPruneSampler.from_config(model, schedule, dataclasses.replace(config.sampler, trajectory_id_stride=None))
     rollout = sampler.sample(prompts, seed=iteration_seed(config.train.seed, 0, EVAL_PROMPT_STREAM))
     images = model.decode(rollout.final_latents)
     rewards = score_images(reward, images, rollout.row_prompts)[1].view(count, per_prompt)

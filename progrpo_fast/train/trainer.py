@@ -17,8 +17,8 @@ from typing import NamedTuple
 import torch
 
 from progrpo_fast import ops
-from progrpo_fast.sampling.proxies import PROXIES, ProbeProxy, RewardProxy
 from progrpo_fast.sampling.graphs import build_sampler
+from progrpo_fast.sampling.proxies import build_proxy
 from progrpo_fast.sampling.sampler import Rollout, synchronized_clock
 from progrpo_fast.sampling.schedule import PruneSchedule
 from progrpo_fast.train.grpo import group_advantages, kl_to_reference, policy_loss, weighted_group_advantages
@@ -134,7 +134,7 @@ class Trainer:
         train, samp = config.train, config.sampler
         self.schedule = PruneSchedule.from_string(samp.schedule)
         sample_schedule = PruneSchedule.naive(self.schedule.group_size_max, self.schedule.num_steps) if samp.static_ovf else self.schedule
-        self.proxy = self._build_proxy(samp)
+        self.proxy = build_proxy(samp.proxy, reward=reward, network=model.network, grid=samp.grid)
         self.sampler = build_sampler(model, sample_schedule, samp, self.proxy, sharded=self.dist.sharded)
         if not self.trainable_steps:
             raise ValueError(f"sampler.method={samp.method!r} with eta={samp.eta} adds no noise before the last step: nothing to train "
@@ -152,13 +152,6 @@ class Trainer:
         self.iteration = 0
 
     # ------------------------------------------------------------------ setup
-    def _build_proxy(self, samp):
-        if samp.proxy == "reward":
-            return RewardProxy(self.reward)
-        if samp.proxy in ("latent", "probe"):
-            return PROXIES[samp.proxy](grid=samp.grid)
-        return PROXIES[samp.proxy]()
-
     def _setup_trainable(self, train) -> None:
         self.network.requires_grad_(False)
         if train.lora:
@@ -237,7 +230,8 @@ class Trainer:
     def train_iteration(self) -> dict:
         rollout, components, weighted, advantages, timings = self.rollout(self.iteration)
         iteration, group, device = self.iteration, rollout.group_size, self.model.device
-        probe_report = self.proxy.observe(rollout, weighted) if isinstance(self.proxy, ProbeProxy) else {}
+        probe_report = self.proxy.observe(rollout, weighted) if hasattr(self.proxy, "observe") else {}
+        self.last_advantages = advantages  # the survivors' A_i of the latest iteration (read by bench clustering)
 
         start = synchronized_clock(device)
         stats = self._update(rollout, advantages.to(rollout.latents.device))
@@ -385,7 +379,7 @@ class Trainer:
             "trainable": {n: full_tensor(p.detach()).clone() for n, p in zip(self.parameter_names, self.parameters)},
             "optimizer": self._optimizer_state(),
             "ema": None if self.ema is None else [full_tensor(e).clone() for e in self.ema],
-            "probe": self.proxy.state_dict() if isinstance(self.proxy, ProbeProxy) else None,
+            "probe": self.proxy.state_dict() if hasattr(self.proxy, "state_dict") else None,
             "rng": capture_rng_state(),
             "config": self.config.to_dict(),
         }
@@ -401,7 +395,7 @@ class Trainer:
                 p.copy_(shard_like(saved[name], p))
         self._load_optimizer_state(state["optimizer"])
         self.ema = None if state["ema"] is None else [shard_like(e, p) for e, p in zip(state["ema"], self.parameters)]
-        if state.get("probe") is not None and isinstance(self.proxy, ProbeProxy):
+        if state.get("probe") is not None and hasattr(self.proxy, "load_state_dict"):
             self.proxy.load_state_dict(state["probe"])
         restore_rng_state(state["rng"])
         self.iteration = state["iteration"]

@@ -1,0 +1,96 @@
+"""The shared result writer of the benchmarks: CSV + JSON files (with the machine, versions and
+the reproducing command), resumable results JSONs that a rerun adds to, Markdown tables."""
+from __future__ import annotations
+
+import csv
+import json
+import os
+import platform
+import time
+from pathlib import Path
+
+import torch
+
+RESULTS_DIR = Path("benchmarks/results")
+
+
+def machine() -> dict:
+    import progrpo_fast
+    from progrpo_fast import backends
+
+    device = f"{torch.cuda.get_device_name()}" if torch.cuda.is_available() else f"CPU: {cpu_name()}, {torch.get_num_threads()} threads"
+    return {"device": device, "python": platform.python_version(), "torch": torch.__version__, "progrpo_fast": progrpo_fast.__version__,
+            "platform": platform.platform(), "backends": backends.report(), "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}
+
+
+def cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def write_results(out_dir: Path, name: str, rows: list[dict], command: str, extra: dict | None = None) -> Path:
+    """rows -> NAME.csv and NAME.json (with the machine, versions and the reproducing command)."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    fields = list(dict.fromkeys(key for row in rows for key in row))
+    with open(out_dir / f"{name}.csv", "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=fields)
+        writer.writeheader()
+        writer.writerows(rows)
+    payload = {"command": command, "machine": machine(), **(extra or {}), "rows": rows}
+    path = out_dir / f"{name}.json"
+    path.write_text(json.dumps(payload, indent=2) + "\n")
+    return path
+
+
+def load_results(path: Path, setup: dict, empty: dict) -> dict:
+    """A resumable results JSON: the payload at ``path`` (which must have been written with
+    ``setup``), or ``{"setup": setup, **empty}`` when there is none."""
+    if not path.exists():
+        return {"setup": setup, **empty}
+    payload = json.loads(path.read_text())
+    if payload.get("setup") != setup:
+        raise ValueError(f"{path} holds results of another setup ({payload.get('setup')}); this run's is {setup}: "
+                         "pass another --out folder, or move the file away to start over")
+    return payload
+
+
+def save_results(path: Path, payload: dict, command: str) -> None:
+    """Atomic rewrite (a crash leaves the previous file whole)."""
+    payload = {**payload, "command": command, "machine": machine()}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(payload, indent=2) + "\n")
+    os.replace(tmp, path)
+
+
+def markdown_table(rows: list[dict], columns: dict[str, str]) -> str:
+    """rows -> a Markdown table of ``columns`` (key -> header); floats with 3 significant digits."""
+    def cell(value):
+        return f"{value:.3g}" if isinstance(value, float) else str(value)
+
+    lines = ["| " + " | ".join(columns.values()) + " |", "|" + "---|" * len(columns)]
+    lines += ["| " + " | ".join(cell(r.get(k, "")) for k in columns) + " |" for r in rows]
+    return "\n".join(lines)
+
+
+def pyplot():
+    """matplotlib's pyplot on the file-only Agg backend."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def save_figure(fig, path: Path) -> Path:
+    """Writes a matplotlib figure to ``path`` (PNG, 120 dpi) and closes it."""
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    pyplot().close(fig)
+    return path
