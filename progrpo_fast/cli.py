@@ -108,10 +108,6 @@ def main(argv: list[str] | None = None) -> int:
     sample.add_argument("--seed", type=int, default=0)
     sample.add_argument("--out", default="samples.png")
     argv = sys.argv[1:] if argv is None else list(argv)
-    if argv[:2] == ["bench", "graphs"]:
-        from progrpo_fast.bench.graphs import main as bench_graphs
-
-        return bench_graphs(argv[2:])
     if argv[:1] == ["bench"]:
         from progrpo_fast.bench import main as bench
 

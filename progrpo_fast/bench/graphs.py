@@ -11,7 +11,6 @@ and the table says so.
 """
 from __future__ import annotations
 
-import argparse
 import statistics
 import sys
 import time
@@ -24,7 +23,6 @@ from progrpo_fast.sampling.graphs import GraphSampler
 from progrpo_fast.sampling.proxies import LatentProxy
 from progrpo_fast.sampling.sampler import ExpandPruneSampler, synchronized_clock
 
-RESULTS_DIR = Path(__file__).resolve().parents[2] / "benchmarks" / "results"
 PAPER_SCHEDULE = "48:5=24,7=12@10"  # SD3.5-M vs Flow-GRPO (G = 24)
 MODELS = {  # name -> (description, default schedule, prompts per call)
     "tiny": ("tiny random SD3 (2 blocks, 16 px): a smoke test", "8:2=4,4=2@6", 2),
@@ -116,25 +114,29 @@ def measure(name: str, calls: int, device: torch.device, dtype: torch.dtype, sch
     return row
 
 
-def main(argv: list[str] | None = None) -> int:
-    from progrpo_fast.benchmark import markdown_table, write_results
+DESCRIPTION = "seconds per sampling call, eager vs CUDA-graph replay (eager only without CUDA)"
 
+
+def add_arguments(parser) -> None:
     cuda = torch.cuda.is_available()
-    parser = argparse.ArgumentParser(prog="progrpo-fast bench graphs", description=__doc__.split("\n")[0])
     parser.add_argument("--models", default="shapes,sd3_mid,sd35m" if cuda else "shapes",
-                        help=f"comma-separated, of {', '.join(MODELS)} (default: all on CUDA, shapes on CPU)")
-    parser.add_argument("--calls", type=int, default=5, help="timed sampling calls per sampler (after one warm-up call)")
+                        help=f"comma-separated, of {', '.join(MODELS)} (default: shapes,sd3_mid,sd35m on CUDA, shapes on CPU)")
+    parser.add_argument("--calls", type=int, default=3, help="timed sampling calls per sampler, after one warm-up call (default 3)")
     parser.add_argument("--dtype", choices=("fp32", "bf16"), default="bf16" if cuda else "fp32",
                         help="weights of the random SD3.x models (tiny and shapes run fp32)")
     parser.add_argument("--schedule", default=None, help="prune schedule for every model (default: each model's)")
-    parser.add_argument("--out", type=Path, default=RESULTS_DIR, help="results folder")
-    args = parser.parse_args(argv)
+
+
+def run(args, command: str, tag: str) -> Path:
+    from progrpo_fast.bench.results import markdown_table, write_results
+
     names = [n.strip() for n in args.models.split(",") if n.strip()]
     unknown = [n for n in names if n not in MODELS]
     if unknown or not names:
-        parser.error(f"--models takes a comma-separated list of {', '.join(MODELS)}, got {args.models!r}")
+        raise ValueError(f"--models takes a comma-separated list of {', '.join(MODELS)}, got {args.models!r}")
     if args.calls < 1:
-        parser.error(f"--calls must be >= 1, got {args.calls}")
+        raise ValueError(f"--calls must be >= 1, got {args.calls}")
+    cuda = torch.cuda.is_available()
     device = torch.device("cuda" if cuda else "cpu")
     dtype = {"fp32": torch.float32, "bf16": torch.bfloat16}[args.dtype]
     if not cuda:
@@ -144,15 +146,8 @@ def main(argv: list[str] | None = None) -> int:
         started = time.perf_counter()
         rows.append(measure(name, args.calls, device, dtype if name.startswith("sd3") else torch.float32, args.schedule))
         print(f"[progrpo-fast] {name}: measured in {time.perf_counter() - started:.0f} s", file=sys.stderr)
-    tag = "cuda" if cuda else "cpu"
-    command = "progrpo-fast bench graphs " + " ".join(sys.argv[3:] if argv is None else argv)
     path = write_results(args.out, f"graphs_{tag}", rows, command)
     table = markdown_table(rows, COLUMNS)
     (args.out / f"graphs_{tag}.md").write_text(table + "\n")
     print(table)
-    print(f"wrote {path}")
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())
+    return path

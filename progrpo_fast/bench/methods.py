@@ -56,8 +56,16 @@ def paired_methods(schedule: str, proxies=PRUNING_PROXIES) -> list[Method]:
             Method("static-ovf", schedule, static_ovf=True), *(Method(f"pro-grpo-{proxy}", schedule, proxy=proxy) for proxy in proxies)]
 
 
-THROUGHPUT_METHODS = [*standard_methods(24, 10, (5, 7), naive_sizes=(24, 48)),  # the paper's SD3.5 setting
-                      Method("pro-grpo-reward-recompute", "48:5=24,7=12@10", proxy="reward", recompute=True)]
+def throughput_methods(group_size: int = 24) -> list[Method]:
+    """The throughput table's methods: standard_methods at G = group_size over 10 steps with
+    checkpoints {5, 7} (G = 24: the paper's SD3.5 setting, 48 -> 24 -> 12), naive GRPO at G and
+    2G, and Pro-GRPO with the reward proxy recomputing the old log-probs."""
+    methods = standard_methods(group_size, 10, (5, 7), naive_sizes=(group_size, 2 * group_size))
+    pruned = next(m.schedule for m in methods if m.name == "pro-grpo-reward")
+    return [*methods, Method("pro-grpo-reward-recompute", pruned, proxy="reward", recompute=True)]
+
+
+THROUGHPUT_METHODS = throughput_methods()
 
 
 def select_methods(methods: list[Method], names: str | None) -> list[Method]:

@@ -14,14 +14,14 @@ from pathlib import Path
 import torch
 
 from progrpo_fast.bench.cost_model import iteration_counts, measure_units, predict
-from progrpo_fast.bench.methods import THROUGHPUT_METHODS, Method, build_trainer, method_config, select_methods
+from progrpo_fast.bench.methods import THROUGHPUT_METHODS, Method, build_trainer, method_config, select_methods, throughput_methods
 from progrpo_fast.bench.results import markdown_table, pyplot, save_figure, write_results
 
 PHASES = ("sampling", "proxy", "reward", "training")
 COLUMNS = {"method": "method", "schedule": "schedule", "trajectory_steps": "trajectory-steps", "network_evaluations": "network evals",
            "tflops_total": "TFLOPs", "measured_s_sampling": "sampling s", "measured_s_proxy": "proxy s", "measured_s_reward": "reward s",
            "measured_s_training": "training s", "measured_s_total": "total s (median)", "measured_s_total_range": "total s min-max",
-           "time_vs_first_naive": "time / naive-24 (median)", "time_vs_first_naive_range": "min-max over rounds",
+           "time_vs_first_naive": "time / first naive (median)", "time_vs_first_naive_range": "min-max over rounds",
            "predicted_s_total": "cost model s", "measured_over_predicted": "measured / model"}
 DESCRIPTION = "time per GRPO iteration per method (interleaved rounds, median and min-max)"
 
@@ -94,7 +94,7 @@ def throughput(base: str | None, methods: list[Method], rounds: int, overrides=(
             **{f"predicted_s_{k}": v for k, v in predict(counts, second_units).items()},
             "peak_memory_mib": peak, "per_round_total_s": totals,
         })
-    naive = next((r for r in rows if r["method"] == "naive-24"), rows[0])
+    naive = next(r for r in rows if r["method"].startswith("naive-"))
     for row in rows:
         ratios = [a / b for a, b in zip(row["per_round_total_s"], naive["per_round_total_s"])]
         row["time_vs_first_naive"] = statistics.median(ratios)
@@ -128,12 +128,15 @@ def add_arguments(parser) -> None:
     parser.add_argument("--rounds", "--iterations", dest="rounds", type=int, default=5,
                         help="interleaved rounds: timed iterations per method, after warm-up (default 5)")
     parser.add_argument("--methods", default=None, help=f"comma-separated subset of {','.join(m.name for m in THROUGHPUT_METHODS)} "
-                                                        "(default: all)")
+                                                        "(default: all; with --group-size G the names say G)")
+    parser.add_argument("--group-size", type=int, default=24, help="G of naive GRPO; Pro-GRPO runs 2G -> G -> G/2 (default 24, the paper's)")
 
 
 def run(args, command: str, tag: str) -> Path:
     overrides = ["sampler.prompts_per_iteration=1", "train.minibatch_rows=12", "train.grad_accum=1", "log.eval_prompts=0", *args.overrides]
-    rows = throughput(args.config, select_methods(THROUGHPUT_METHODS, args.methods), args.rounds, overrides)
+    if args.group_size < 2 or args.group_size % 2:
+        raise ValueError(f"--group-size must be an even int >= 2 (Pro-GRPO keeps G/2), got {args.group_size}")
+    rows = throughput(args.config, select_methods(throughput_methods(args.group_size), args.methods), args.rounds, overrides)
     path = write_results(args.out, f"throughput_{tag}", rows, command)
     plot_throughput(rows, args.out / f"throughput_{tag}.png")
     print(markdown_table(rows, COLUMNS))
