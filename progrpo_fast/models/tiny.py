@@ -205,3 +205,52 @@ def tiny_wan_pipeline(seed: int = 0, expand_timesteps: bool = False):
                                        pad_token_id=tokenizer.pad_token_id)).eval()
     return WanPipeline(tokenizer=tokenizer, text_encoder=umt5, vae=tiny_wan_vae(seed=seed), scheduler=FlowMatchEulerDiscreteScheduler(shift=3.0),
                        transformer=transformer, expand_timesteps=expand_timesteps)
+
+
+def qwen_image_sized_pipeline(seed: int = 0, device="cpu"):
+    """A random-weight QwenImagePipeline at Qwen-Image's size, for timing: the published transformer
+    config (Qwen/Qwen-Image: 60 MMDiT blocks, 24 heads x 128, 3584-wide text, 64 packed latent
+    channels, RoPE axes (16, 56, 56); 2.04e10 parameters) and its VAE (z_dim 16, 8x down); the text
+    encoder keeps Qwen2.5-VL-7B's width (3584, 28 heads, 4 KV heads) with one layer, since text
+    encoding runs once per prompt."""
+    from diffusers import AutoencoderKLQwenImage, FlowMatchEulerDiscreteScheduler, QwenImagePipeline, QwenImageTransformer2DModel
+    from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
+
+    tokenizer = qwen_like_tokenizer()
+    torch.manual_seed(seed)
+    with torch.device(device):
+        transformer = QwenImageTransformer2DModel(patch_size=2, in_channels=64, out_channels=16, num_layers=60, attention_head_dim=128,
+                                                  num_attention_heads=24, joint_attention_dim=3584, guidance_embeds=False,
+                                                  axes_dims_rope=(16, 56, 56)).eval()
+        vae = AutoencoderKLQwenImage(base_dim=96, z_dim=16, dim_mult=[1, 2, 4, 4], num_res_blocks=2, temperal_downsample=[False, True, True]).eval()
+        text = {"hidden_size": 3584, "intermediate_size": 18944, "num_hidden_layers": 1, "num_attention_heads": 28, "num_key_value_heads": 4,
+                "vocab_size": len(tokenizer), "rope_theta": 1000000.0,
+                "rope_scaling": {"mrope_section": [16, 24, 24], "rope_type": "default", "type": "default"}}
+        vision = {"depth": 1, "hidden_size": 64, "intermediate_size": 64, "num_heads": 2, "out_hidden_size": 3584}
+        special = {name: len(tokenizer) - 1 - i for i, name in enumerate(("image_token_id", "video_token_id", "vision_start_token_id", "vision_end_token_id"))}
+        encoder = Qwen2_5_VLForConditionalGeneration(Qwen2_5_VLConfig(text_config=text, vision_config=vision, vocab_size=len(tokenizer),
+                                                                      bos_token_id=None, eos_token_id=None, **special)).eval()
+    scheduler = FlowMatchEulerDiscreteScheduler(use_dynamic_shifting=True, base_image_seq_len=256, max_image_seq_len=8192, base_shift=0.5,
+                                                max_shift=0.9, shift_terminal=0.02, time_shift_type="exponential")
+    return QwenImagePipeline(scheduler=scheduler, vae=vae, text_encoder=encoder, tokenizer=tokenizer, transformer=transformer)
+
+
+def wan21_1p3b_sized_pipeline(seed: int = 0, device="cpu"):
+    """A random-weight WanPipeline at Wan2.1-T2V-1.3B's size, for timing: the published transformer
+    config (Wan-AI/Wan2.1-T2V-1.3B-Diffusers: 30 blocks, 12 heads x 128, FFN 8960, 4096-wide text;
+    1.42e9 parameters) and the Wan2.1 VAE (z_dim 16, 8x spatial and 4x causal temporal
+    compression); the UMT5 encoder keeps UMT5-XXL's width (4096, 64 heads x 64, FFN 10240) and
+    its 512 tokens with one layer."""
+    from diffusers import AutoencoderKLWan, FlowMatchEulerDiscreteScheduler, WanPipeline, WanTransformer3DModel
+    from transformers import UMT5Config, UMT5EncoderModel
+
+    tokenizer = word_level_tokenizer(max_length=512)
+    torch.manual_seed(seed)
+    with torch.device(device):
+        transformer = WanTransformer3DModel(patch_size=(1, 2, 2), num_attention_heads=12, attention_head_dim=128, in_channels=16, out_channels=16,
+                                            text_dim=4096, freq_dim=256, ffn_dim=8960, num_layers=30, cross_attn_norm=True,
+                                            qk_norm="rms_norm_across_heads", eps=1e-6, rope_max_seq_len=1024).eval()
+        vae = AutoencoderKLWan(base_dim=96, z_dim=16, dim_mult=[1, 2, 4, 4], num_res_blocks=2, temperal_downsample=[False, True, True]).eval()
+        umt5 = UMT5EncoderModel(UMT5Config(vocab_size=len(tokenizer), d_model=4096, d_kv=64, d_ff=10240, num_layers=1, num_heads=64,
+                                           feed_forward_proj="gated-gelu", pad_token_id=tokenizer.pad_token_id)).eval()
+    return WanPipeline(tokenizer=tokenizer, text_encoder=umt5, vae=vae, scheduler=FlowMatchEulerDiscreteScheduler(shift=3.0), transformer=transformer)

@@ -18,8 +18,11 @@ from progrpo_fast import ops
 from progrpo_fast.models.base import Denoiser, repeat_rows
 from progrpo_fast.sampling.proxies import Checkpoint, LatentProxy
 from progrpo_fast.sampling.schedule import PruneSchedule
-from progrpo_fast.sampling.sde import keyed_noise
+from progrpo_fast.sampling.sde import gaussian_log_prob, keyed_noise
 from progrpo_fast.sampling.stepper import Stepper
+
+
+HISTORY_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 @dataclass
@@ -40,7 +43,8 @@ class PruneRecord:
 class Rollout:
     """The survivors of one expand-and-prune rollout, K per prompt, grouped by prompt.
 
-    latents: (n, T+1, C, H, W) fp32, x_0 (noise) .. x_T (final sample) per survivor;
+    latents: (n, T+1, *latent_shape) x_0 (noise) .. x_T (final sample) per survivor, fp32 on the
+    model's device unless the sampler keeps its history elsewhere (history_device, history_dtype);
     log_probs: (n, T) fp32 log-prob of each recorded transition; trajectory_ids / prompt_index: (n,);
     cond: per-row conditioning; timesteps (T,); trajectory_steps: network row-evaluations spent;
     proxy_seconds: wall time spent choosing and compacting survivors (device synchronised)."""
@@ -70,17 +74,28 @@ class Rollout:
 class ExpandPruneSampler:
     """sample(prompts, seed) runs the schedule on ``model`` (a Denoiser) with the step ``method``
     ("sde", "cps", "ode" for flow models, "ddim" for diffusion), noise at ``noise_steps`` (None:
-    all) and ``proxy`` at checkpoints."""
+    all) and ``proxy`` at checkpoints. The recorded trajectories (n, T+1, ...) live on
+    ``history_device`` (None: the model's; "cpu" offloads them to pinned host memory) in
+    ``history_dtype``; each step starts from the recorded x_t and its log-prob scores the recorded
+    x_{t+1}, so a fp16/bf16 history is the trajectory the trainer replays (ratio = 1)."""
 
-    def __init__(self, model: Denoiser, schedule: PruneSchedule, proxy=None, method: str = "sde", eta: float = 0.7, noise_steps=None):
+    def __init__(self, model: Denoiser, schedule: PruneSchedule, proxy=None, method: str = "sde", eta: float = 0.7, noise_steps=None,
+                 history_device=None, history_dtype: torch.dtype = torch.float32):
         self.model, self.schedule = model, schedule
         self.proxy = proxy if proxy is not None else LatentProxy()
         self.stepper = Stepper(model.kind, method, eta, model.schedule(schedule.num_steps), noise_steps)
+        if history_dtype not in HISTORY_DTYPES.values():
+            raise ValueError(f"history_dtype must be one of {list(HISTORY_DTYPES.values())}, got {history_dtype!r}")
+        self.history_device = None if history_device is None else torch.device(history_device)
+        self.history_dtype = history_dtype
 
     @classmethod
     def from_config(cls, model: Denoiser, schedule: PruneSchedule, sampler_config, proxy=None) -> "ExpandPruneSampler":
-        """The sampler of a config's sampler section (method, eta, noise_steps) on ``schedule``."""
-        return cls(model, schedule, proxy, method=sampler_config.method, eta=sampler_config.eta, noise_steps=sampler_config.noise_steps)
+        """The sampler of a config's sampler section (method, eta, noise_steps, history_device,
+        history_dtype) on ``schedule``."""
+        return cls(model, schedule, proxy, method=sampler_config.method, eta=sampler_config.eta, noise_steps=sampler_config.noise_steps,
+                   history_device=None if sampler_config.history_device == "model" else sampler_config.history_device,
+                   history_dtype=HISTORY_DTYPES[sampler_config.history_dtype])
 
     @torch.no_grad()
     def sample(self, prompts: list[str], seed: int, progress=None) -> Rollout:
@@ -92,8 +107,10 @@ class ExpandPruneSampler:
         trajectory_ids = torch.arange(rows, device=device)
         prompt_index = trajectory_ids // group
         cond = repeat_rows(model.encode(prompts), group)
-        history = torch.empty(rows, steps + 1, *model.latent_shape(), device=device)
-        history[:, 0] = keyed_noise(seed, trajectory_ids, 0, history[:, 0].shape)
+        history_device = self.history_device or device
+        history = torch.empty(rows, steps + 1, *model.latent_shape(), device=history_device, dtype=self.history_dtype,
+                              pin_memory=history_device.type == "cpu" and device.type == "cuda")
+        history[:, 0] = keyed_noise(seed, trajectory_ids, 0, history[:, 0].shape, device=device)
         log_probs = torch.zeros(rows, steps, device=device)
         x0_hat, prune_log, proxy_seconds = None, [], 0.0
         for step in range(steps):
@@ -104,19 +121,20 @@ class ExpandPruneSampler:
                 selection = self.proxy(Checkpoint(step, x0_hat, row_prompts, trajectory_ids, group, keep, seed, model.decode))
                 prune_log.append(PruneRecord(step, rows, selection.scores, trajectory_ids[selection.index].view(-1, keep),
                                              selection.variance_all, selection.variance_kept))
-                written = history[:, : step + 1]
-                written, log_probs, trajectory_ids, prompt_index, *values = ops.compact_(
-                    selection.index, written, log_probs, trajectory_ids, prompt_index, *cond.values(), check_values=False
+                written = ops.compact_(selection.index.to(history.device), history[:, : step + 1], check_values=False)
+                log_probs, trajectory_ids, prompt_index, *values = ops.compact_(
+                    selection.index, log_probs, trajectory_ids, prompt_index, *cond.values(), check_values=False
                 )
                 history = history[: written.shape[0]]
                 cond = dict(zip(cond, values))
                 group, rows = keep, written.shape[0]
                 proxy_seconds += synchronized_clock(device) - started
-            x = history[:, step]
+            x = history[:, step].to(device, torch.float32, non_blocking=True)  # the recorded x_t, as the trainer reads it
             out = stepper(step, x, model.predict(x, stepper.timesteps[step], cond),
                           eps=None if stepper.deterministic(step) else keyed_noise(seed, trajectory_ids, step + 1, x.shape))
             history[:, step + 1] = out.x_next
-            log_probs[:, step] = out.log_prob
+            recorded = history[:, step + 1].to(device, torch.float32, non_blocking=True)  # rounded when the history is fp16/bf16
+            log_probs[:, step] = out.log_prob if self.history_dtype == torch.float32 else gaussian_log_prob(recorded, out.mean, out.std)
             x0_hat = out.x0_hat
             if progress is not None:
                 progress(step, rows)

@@ -42,11 +42,15 @@ __all__ = [
 PRESETS_DIR = Path(__file__).resolve().parent.parent / "configs"
 
 FLOW_KINDS = ("shapes", "sd3", "flux")
+RANDOM_KINDS = ("sd35m_random", "qwen_image_random", "wan21_1p3b_random")
+OTHER_FLOW_KINDS = ("qwen_image", "wan", *RANDOM_KINDS)
 FLOW_METHODS = ("sde", "cps", "ode")
 DOWNLOAD_EXAMPLES = {
     "sd3": "stabilityai/stable-diffusion-3.5-medium",
     "flux": "black-forest-labs/FLUX.1-dev",
     "sd1": "CompVis/stable-diffusion-v1-4",
+    "qwen_image": "Qwen/Qwen-Image",
+    "wan": "Wan-AI/Wan2.1-T2V-1.3B-Diffusers",
 }
 
 
@@ -82,20 +86,27 @@ def optional(check):
 class ModelConfig:
     """The model to train.
 
-    kind: "shapes" (the built-in tiny SD3 model), "sd3", "flux", "sd1", or "sd35m_random" (random
-        weights at SD3.5-Medium's size, for throughput benchmarks; no path).
+    kind: "shapes" (the built-in tiny SD3 model), "sd3", "flux", "sd1", "qwen_image" (Qwen-Image),
+        "wan" (Wan2.1 / Wan2.2-TI2V text-to-video), or random weights at a published size for
+        throughput benchmarks (no path): "sd35m_random" (SD3.5-Medium), "qwen_image_random"
+        (Qwen-Image, 20B), "wan21_1p3b_random" (Wan2.1-T2V-1.3B).
     path: local diffusers folder; None with kind "shapes" loads the shipped weights.
     dtype: weights' dtype: "fp32", "bf16" or "fp16".
-    resolution: image side in pixels (None: the model's default).
-    guidance_scale: classifier-free guidance scale (<= 1 disables CFG; FLUX: distilled guidance).
+    resolution: image side in pixels (the height for Wan; None: the model's default).
+    width: Wan's video width in pixels (None: 832 with the default height, else = resolution).
+    num_frames: Wan's frames per video, 4k + 1 (None: 81).
+    guidance_scale: classifier-free guidance scale (<= 1 disables CFG; FLUX: distilled guidance;
+        Qwen-Image: the true-CFG scale).
     max_sequence_length: T5 tokens for SD3 / FLUX (None: the adapter's default).
     attention: "sdpa" (torch) or "xformers".
     """
 
-    kind: Literal["shapes", "sd3", "flux", "sd1", "sd35m_random"] = option("shapes")
+    kind: Literal["shapes", "sd3", "flux", "sd1", "qwen_image", "wan", "sd35m_random", "qwen_image_random", "wan21_1p3b_random"] = option("shapes")
     path: str | None = option(None)
     dtype: Literal["fp32", "bf16", "fp16"] = option("fp32")
     resolution: int | None = option(None, optional((lambda v: v >= 8 and v % 8 == 0, "a multiple of 8, >= 8")))
+    width: int | None = option(None, optional((lambda v: v >= 8 and v % 8 == 0, "a multiple of 8, >= 8")))
+    num_frames: int | None = option(None, optional((lambda v: v >= 1 and (v - 1) % 4 == 0, "4k + 1 frames (the Wan VAE compresses time 4x)")))
     guidance_scale: float = option(4.5, non_negative())
     max_sequence_length: int | None = option(None, optional(at_least(1)))
     attention: Literal["sdpa", "xformers"] = option("sdpa")
@@ -116,6 +127,10 @@ class SamplerConfig:
     prompts_per_iteration: prompts sampled per iteration on each rank (groups of G_max rows).
     static_ovf: the static-OVF baseline: sample G_max unpruned, then keep each group's K by exact
         OVF on the final rewards (K = the schedule's final group size).
+    history_device: where the recorded trajectories (rows x (T+1) latents) live: "model" (the
+        model's device) or "cpu" (pinned host memory, copied back per trained minibatch).
+    history_dtype: their dtype: "fp32", or "bf16" / "fp16" (half the memory; sampling then steps
+        from, and scores, the rounded latents, so the trainer replays the same transitions).
     """
 
     schedule: str = option("16:3=8,5=4@8")
@@ -126,6 +141,8 @@ class SamplerConfig:
     grid: int = option(4, at_least(1))
     prompts_per_iteration: int = option(4, at_least(1))
     static_ovf: bool = option(False)
+    history_device: Literal["model", "cpu"] = option("model")
+    history_dtype: Literal["fp32", "bf16", "fp16"] = option("fp32")
 
 
 @dataclass
@@ -173,6 +190,8 @@ class TrainConfig:
     parallel: with several processes (torchrun), "ddp" replicates the network and all-reduces the
         gradients; "fsdp" shards weights, gradients and optimizer state across the ranks (FSDP2
         fully_shard on each block of the network's block lists, then on the whole network).
+    gradient_checkpointing: recompute each block's activations in backward instead of storing
+        them (diffusers' enable_gradient_checkpointing on the network): same gradients, less memory.
     """
 
     iterations: int = option(120, at_least(1))
@@ -197,6 +216,7 @@ class TrainConfig:
     ema_decay: float | None = option(None, optional((lambda v: 0 < v < 1, "in (0, 1)")))
     mixed_precision: Literal["no", "bf16", "fp16"] = option("no")
     parallel: Literal["ddp", "fsdp"] = option("ddp")
+    gradient_checkpointing: bool = option(False)
 
 
 @dataclass
@@ -417,6 +437,8 @@ class Config:
             raise ValueError(f"model.kind='sd1' is a diffusion (epsilon) model and samples with DDIM only: set sampler.method=ddim (got {samp.method!r})")
         if model.kind in FLOW_KINDS and samp.method not in FLOW_METHODS:
             raise ValueError(f"sampler.method={samp.method!r} needs model.kind='sd1'; flow models ({', '.join(FLOW_KINDS)}) take one of {', '.join(FLOW_METHODS)}")
+        if model.kind in OTHER_FLOW_KINDS and samp.method not in FLOW_METHODS:
+            raise ValueError(f"sampler.method={samp.method!r} needs model.kind='sd1'; model.kind={model.kind!r} is a flow model and takes one of {', '.join(FLOW_METHODS)}")
         if samp.method == "cps" and samp.eta > 1:
             raise ValueError(f"config key 'sampler.eta' must be <= 1 with method 'cps' (std = sigma_next * sin(eta * pi / 2)), got {samp.eta}")
         if samp.noise_steps is not None and not (samp.noise_steps and all(0 <= t < schedule.num_steps - 1 for t in samp.noise_steps)):
@@ -424,8 +446,13 @@ class Config:
                              f"(the schedule has {schedule.num_steps} steps and its last is never trained), got {samp.noise_steps!r}")
         if samp.static_ovf and schedule.is_naive:
             raise ValueError(f"sampler.static_ovf=true needs a pruned schedule to take K of G_max from (e.g. '24:5=16,7=12@10'), got the naive {samp.schedule!r}")
-        if model.kind == "flux" and model.resolution is not None and model.resolution % 16:
-            raise ValueError(f"config key 'model.resolution' must be a multiple of 16 for FLUX (2x2 latent packing), got {model.resolution}")
+        packed = {"flux": "FLUX", "qwen_image": "Qwen-Image", "qwen_image_random": "Qwen-Image"}
+        if model.kind in packed and model.resolution is not None and model.resolution % 16:
+            raise ValueError(f"config key 'model.resolution' must be a multiple of 16 for {packed[model.kind]} (2x2 latent packing), got {model.resolution}")
+        video = model.kind in ("wan", "wan21_1p3b_random")
+        for key in ("width", "num_frames"):
+            if getattr(model, key) is not None and not video:
+                raise ValueError(f"config key 'model.{key}' applies to video models (model.kind=wan or wan21_1p3b_random), not {model.kind!r}: set it to null")
         if not reward.weights:
             raise ValueError("config key 'reward.weights' must name at least one reward, e.g. reward.weights={shapes: 1.0}")
         if "http" in reward.weights and not reward.http_url:
@@ -437,10 +464,11 @@ class Config:
 
     def _check_paths(self) -> None:
         model = self.model
-        if model.kind == "sd35m_random" and model.path is not None:
-            raise ValueError("model.kind=sd35m_random builds random weights and takes no model.path: set model.path=null, "
-                             "or model.kind=sd3 to load a local SD3.5 folder")
-        if model.path is None and model.kind not in ("shapes", "sd35m_random"):
+        if model.kind in RANDOM_KINDS and model.path is not None:
+            loads = {"sd35m_random": "sd3", "qwen_image_random": "qwen_image", "wan21_1p3b_random": "wan"}[model.kind]
+            raise ValueError(f"model.kind={model.kind} builds random weights and takes no model.path: set model.path=null, "
+                             f"or model.kind={loads} to load a local folder")
+        if model.path is None and model.kind not in ("shapes", *RANDOM_KINDS):
             example = DOWNLOAD_EXAMPLES[model.kind]
             folder = f"/models/{example.split('/')[1]}"
             raise ValueError(

@@ -19,7 +19,6 @@ def build_model(model_cfg, device=None):
     """A Denoiser adapter for config.model (the shipped shapes model by default)."""
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     dtype = DTYPES[model_cfg.dtype]
-    common = {"guidance_scale": model_cfg.guidance_scale, "resolution": model_cfg.resolution}
     if model_cfg.kind == "shapes":
         from progrpo_fast.models import shapes_model
         from progrpo_fast.models.sd3 import SD3Denoiser
@@ -34,6 +33,25 @@ def build_model(model_cfg, device=None):
         pipe = sd35_medium_sized_pipeline(device=device).to(dtype=dtype)
         return SD3Denoiser(pipe, resolution=model_cfg.resolution or 512, guidance_scale=model_cfg.guidance_scale,
                            max_sequence_length=model_cfg.max_sequence_length or 256)
+    if model_cfg.kind in ("qwen_image_random", "wan21_1p3b_random"):
+        from progrpo_fast.models import tiny
+
+        sized = tiny.qwen_image_sized_pipeline if model_cfg.kind == "qwen_image_random" else tiny.wan21_1p3b_sized_pipeline
+        adapter, kwargs = video_or_image_adapter(model_cfg)
+        model = adapter(sized(device=device).to(dtype=dtype), **kwargs)
+    elif model_cfg.kind in ("qwen_image", "wan"):
+        adapter, kwargs = video_or_image_adapter(model_cfg)
+        model = adapter.from_pretrained(model_cfg.path, device=device, dtype=dtype, **kwargs)
+    else:
+        model = pretrained_adapter(model_cfg, device, dtype)
+    if model_cfg.attention == "xformers":
+        model.pipe.enable_xformers_memory_efficient_attention()
+    return model
+
+
+def pretrained_adapter(model_cfg, device, dtype):
+    """The SD3 / FLUX / SD1 adapter of config.model loaded from model.path."""
+    common = {"guidance_scale": model_cfg.guidance_scale, "resolution": model_cfg.resolution}
     if model_cfg.kind == "sd3":
         from progrpo_fast.models.sd3 import SD3Denoiser as adapter
 
@@ -44,10 +62,22 @@ def build_model(model_cfg, device=None):
         common["max_sequence_length"] = model_cfg.max_sequence_length or 512
     else:
         from progrpo_fast.models.sd1 import SD1Denoiser as adapter
-    model = adapter.from_pretrained(model_cfg.path, device=device, dtype=dtype, **common)
-    if model_cfg.attention == "xformers":
-        model.pipe.enable_xformers_memory_efficient_attention()
-    return model
+    return adapter.from_pretrained(model_cfg.path, device=device, dtype=dtype, **common)
+
+
+def video_or_image_adapter(model_cfg):
+    """(adapter class, its keyword arguments) of the Qwen-Image and Wan kinds of config.model."""
+    if model_cfg.kind in ("qwen_image", "qwen_image_random"):
+        from progrpo_fast.models.qwen_image import QwenImageDenoiser
+
+        return QwenImageDenoiser, {"guidance_scale": model_cfg.guidance_scale, "resolution": model_cfg.resolution,
+                                   "max_sequence_length": model_cfg.max_sequence_length or 512}
+    from progrpo_fast.models.wan import WanDenoiser
+
+    height = model_cfg.resolution or 480
+    width = model_cfg.width or (832 if model_cfg.resolution is None else height)
+    return WanDenoiser, {"guidance_scale": model_cfg.guidance_scale, "num_frames": model_cfg.num_frames or 81, "height": height,
+                         "width": width, "max_sequence_length": model_cfg.max_sequence_length or 512}
 
 
 def build_reward(config):
@@ -190,7 +220,7 @@ def evaluate(config, model, reward, held_out: bool = False) -> dict:
     schedule = PruneSchedule.naive(per_prompt, PruneSchedule.from_string(config.sampler.schedule).num_steps)
     sampler = ExpandPruneSampler.from_config(model, schedule, config.sampler)
     rollout = sampler.sample(prompts, seed=iteration_seed(config.train.seed, 0, EVAL_PROMPT_STREAM))
-    images = model.decode(rollout.final_latents)
+    images = model.decode(rollout.final_latents.to(model.device))
     rewards = score_images(reward, images, rollout.row_prompts)[1].view(count, per_prompt)
     return {"reward_mean": float(rewards.mean()), "rewards": rewards.cpu(), "images": images.cpu(), "prompts": prompts}
 

@@ -108,6 +108,8 @@ class Trainer:
                              f"(GRPO needs stochastic steps: use method sde, cps or ddim with eta > 0)")
         self.network = model.network
         self._setup_trainable(train)
+        if train.gradient_checkpointing:  # before sharding: FSDP2 units then run inside the checkpointed blocks
+            self.network.enable_gradient_checkpointing()
         if self.dist.sharded:
             fully_shard_network(self.network)
             if self.reference_copy is not None:
@@ -189,7 +191,7 @@ class Trainer:
         timings["proxy_s"] = rollout.proxy_seconds  # part of sample_s
 
         start = synchronized_clock(device)
-        components, weighted = score_images(self.reward, self.model.decode(rollout.final_latents), rollout.row_prompts)
+        components, weighted = score_images(self.reward, self.model.decode(rollout.final_latents.to(device)), rollout.row_prompts)
         if cfg.sampler.static_ovf:
             rollout, components, weighted = self._static_ovf(rollout, components, weighted)
         timings["reward_s"] = synchronized_clock(device) - start
@@ -206,7 +208,7 @@ class Trainer:
         probe_report = self.proxy.observe(rollout.trajectory_ids, weighted) if isinstance(self.proxy, ProbeProxy) else {}
 
         start = synchronized_clock(device)
-        stats = self._update(rollout, advantages.to(rollout.latents.device))
+        stats = self._update(rollout, advantages.to(device))
         timings["train_s"] = synchronized_clock(device) - start
         if self.ema is not None:
             self._update_ema()
@@ -233,8 +235,9 @@ class Trainer:
         """Static OVF baseline: keep the exact max-variance K of each group's final rewards."""
         keep = self.schedule.final_group_size
         index = ops.prune_select(weighted, rollout.group_size, keep)
-        rollout.latents, rollout.log_probs, rollout.trajectory_ids, rollout.prompt_index, *values = ops.compact_(
-            index, rollout.latents, rollout.log_probs, rollout.trajectory_ids, rollout.prompt_index, *rollout.cond.values())
+        rollout.latents = ops.compact_(index.to(rollout.latents.device), rollout.latents)
+        rollout.log_probs, rollout.trajectory_ids, rollout.prompt_index, *values = ops.compact_(
+            index, rollout.log_probs, rollout.trajectory_ids, rollout.prompt_index, *rollout.cond.values())
         rollout.cond = dict(zip(rollout.cond, values))
         rollout.group_size = keep
         return rollout, {k: v[index] for k, v in components.items()}, weighted[index]
@@ -261,17 +264,18 @@ class Trainer:
         totals = {"loss": 0.0, "policy_loss": 0.0, "kl": 0.0, "clip_fraction": 0.0, "grad_norm": 0.0}
         first_ratio_error, updates, terms = None, 0, 0
         for epoch in range(train.inner_epochs):
-            order = torch.randperm(rows, generator=gen).to(rollout.latents.device)
+            order = torch.randperm(rows, generator=gen).to(advantages.device)
             minibatches = list(order.split(train.minibatch_rows))
             for start in range(0, len(minibatches), train.grad_accum):
                 chunk = minibatches[start : start + train.grad_accum]
                 self.optimizer.zero_grad(set_to_none=True)
                 for rows_idx in chunk:
                     cond = {name: value[rows_idx] for name, value in rollout.cond.items()}
+                    history_rows = rows_idx.to(rollout.latents.device)  # the history may live on the host (sampler.history_device)
                     for step in steps:
+                        x, x_next = (rollout.latents[history_rows, t].to(advantages.device) for t in (step, step + 1))
                         total, loss, kl, ratio, clip_fraction = self.step_objective(
-                            step, rollout.latents[rows_idx, step], rollout.latents[rows_idx, step + 1],
-                            rollout.log_probs[rows_idx, step], advantages[rows_idx], cond)
+                            step, x, x_next, rollout.log_probs[rows_idx, step], advantages[rows_idx], cond)
                         (total / (len(steps) * len(chunk))).backward()
                         if first_ratio_error is None:
                             first_ratio_error = float((ratio - 1).abs().max())
