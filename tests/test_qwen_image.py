@@ -7,6 +7,7 @@ from adapter_checks import check_from_pretrained, check_pruned_sampling
 from progrpo_fast.models.qwen_image import QwenImageDenoiser
 from progrpo_fast.models.tiny import tiny_qwen_image_pipeline
 from progrpo_fast.sampling import PruneSchedule
+from progrpo_fast.sampling.pipeline_hook import PruneCallback
 from progrpo_fast.sampling.sampler import ExpandPruneSampler
 
 PROMPTS = ["a red circle", "two blue squares left of a green triangle"]  # different lengths: padded, with a mask
@@ -74,3 +75,23 @@ def test_from_pretrained_loads_a_local_folder(tmp_path):
 def test_bad_sequence_length_is_refused():
     with pytest.raises(ValueError, match="max_sequence_length must be an int in \\[1, 1024\\]"):
         build(max_sequence_length=2000)
+
+
+def test_stock_pipeline_prunes_like_the_sampler():
+    """PruneCallback inside QwenImagePipeline (packed latents, masks and the negative pass narrowed
+    by the network hook) keeps the sampler's survivors and ends at their latents. Each prompt is
+    passed 4 times instead of num_images_per_prompt=4: the installed QwenImagePipeline repeats a
+    2-D text mask with ``mask.repeat(1, n, 1).view(B * n, L)``, which interleaves the prompts'
+    masks when they pad to different lengths."""
+    pipe, model = build()
+    schedule = PruneSchedule.from_string("4:2=3,3=2@5")
+    ours = ExpandPruneSampler(model, schedule, method="ode").sample(PROMPTS, seed=1)
+    noise = ExpandPruneSampler(model, PruneSchedule.naive(4, 5), method="ode").sample(PROMPTS, seed=1).latents[:, 0]
+    hook = PruneCallback(pipe, schedule)
+    rows = [p for p in PROMPTS for _ in range(4)]
+    out = pipe(prompt=rows, negative_prompt=[" "] * len(rows), true_cfg_scale=model.guidance_scale, latents=pipe._pack_latents(noise, *noise.shape), height=32, width=32, num_inference_steps=5, max_sequence_length=64,
+               output_type="latent", callback_on_step_end=hook, callback_on_step_end_tensor_inputs=hook.tensor_inputs).images
+    assert hook.tensor_inputs == ["latents", "prompt_embeds"] and out.shape[0] == 4
+    assert torch.equal(hook.kept, ours.trajectory_ids)
+    torch.testing.assert_close(pipe._unpack_latents(out, 32, 32, pipe.vae_scale_factor)[:, :, 0], ours.final_latents, rtol=1e-4, atol=1e-4)
+    assert hook._handle is None

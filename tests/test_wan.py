@@ -8,6 +8,7 @@ from diffusers import UniPCMultistepScheduler
 from progrpo_fast.models.tiny import tiny_wan_pipeline
 from progrpo_fast.models.wan import WanDenoiser
 from progrpo_fast.sampling import PruneSchedule
+from progrpo_fast.sampling.pipeline_hook import PruneCallback
 from progrpo_fast.sampling.sampler import ExpandPruneSampler
 
 PROMPTS = ["a red circle", "two blue squares left of a green triangle"]
@@ -77,3 +78,20 @@ def test_two_expert_pipeline_is_refused():
     pipe.register_modules(transformer_2=tiny_wan_pipeline(seed=1).transformer)
     with pytest.raises(ValueError, match="two-expert"):
         WanDenoiser(pipe, **SIZE)
+
+
+@pytest.mark.parametrize("guidance", [5.0, 1.0], ids=["cfg", "no-cfg"])
+def test_stock_pipeline_prunes_like_the_sampler(guidance):
+    """PruneCallback inside WanPipeline: video latents and both CFG halves (prompt_embeds,
+    negative_prompt_embeds) compacted by the callback, the sampler's survivors and final latents."""
+    pipe, model = build(guidance_scale=guidance)
+    schedule = PruneSchedule.from_string("4:2=3,3=2@5")
+    ours = ExpandPruneSampler(model, schedule, method="ode").sample(PROMPTS, seed=1)
+    noise = ExpandPruneSampler(model, PruneSchedule.naive(4, 5), method="ode").sample(PROMPTS, seed=1).latents[:, 0]
+    hook = PruneCallback(pipe, schedule)
+    out = pipe(prompt=PROMPTS, num_videos_per_prompt=4, latents=noise, guidance_scale=guidance, num_inference_steps=5, output_type="latent",
+               callback_on_step_end=hook, callback_on_step_end_tensor_inputs=hook.tensor_inputs, **SIZE).frames
+    assert hook.tensor_inputs == ["latents", "prompt_embeds", "negative_prompt_embeds"] and out.shape == (4, 4, 3, 8, 8)
+    assert torch.equal(hook.kept, ours.trajectory_ids)
+    torch.testing.assert_close(out.float(), ours.final_latents, rtol=1e-4, atol=1e-4)
+    assert hook._handle is None
