@@ -8,6 +8,7 @@ WORDS = "a an the red green blue yellow circle circles square squares triangle t
 
 
 SPECIALS = ("<pad>", "<unk>", "<bos>", "<eos>")
+VIDEO_WORDS = ("moving", "up", "down")  # the moving-shape video captions' words beyond WORDS
 
 
 def word_level_tokenizer(tokens=(*SPECIALS, *WORDS), max_length: int = 12):
@@ -196,7 +197,7 @@ def tiny_wan_pipeline(seed: int = 0, expand_timesteps: bool = False):
     from diffusers import FlowMatchEulerDiscreteScheduler, WanPipeline, WanTransformer3DModel
     from transformers import UMT5Config, UMT5EncoderModel
 
-    tokenizer = word_level_tokenizer(max_length=16)
+    tokenizer = word_level_tokenizer((*SPECIALS, *WORDS, *VIDEO_WORDS), max_length=16)
     torch.manual_seed(seed)
     transformer = WanTransformer3DModel(patch_size=(1, 2, 2), num_attention_heads=2, attention_head_dim=12, in_channels=4, out_channels=4,
                                         text_dim=32, freq_dim=32, ffn_dim=32, num_layers=2, cross_attn_norm=True,

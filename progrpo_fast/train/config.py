@@ -44,6 +44,7 @@ PRESETS_DIR = Path(__file__).resolve().parent.parent / "configs"
 FLOW_KINDS = ("shapes", "sd3", "flux")
 RANDOM_KINDS = ("sd35m_random", "qwen_image_random", "wan21_1p3b_random")
 OTHER_FLOW_KINDS = ("qwen_image", "wan", *RANDOM_KINDS)
+VIDEO_KINDS = ("wan", "wan21_1p3b_random")
 FLOW_METHODS = ("sde", "cps", "ode")
 DOWNLOAD_EXAMPLES = {
     "sd3": "stabilityai/stable-diffusion-3.5-medium",
@@ -154,12 +155,15 @@ class RewardConfig:
         each reward's group advantages).
     paths: reward name -> local model path (checkpoint or folder) for rewards that load a model.
     http_url: endpoint of the "http" reward (a remote scorer), None when unused.
+    frame_stride: video models: image rewards score every frame_stride-th frame, averaged
+        (video rewards, e.g. temporal_consistency and moving_shapes, see whole videos).
     """
 
     weights: dict[str, float] = option({"shapes": 1.0})
     aggregation: Literal["sum", "per_reward"] = option("sum")
     paths: dict[str, str] = option({})
     http_url: str | None = option(None)
+    frame_stride: int = option(4, at_least(1))
 
 
 @dataclass
@@ -251,7 +255,8 @@ class LogConfig:
 class PromptsConfig:
     """Training prompts.
 
-    source: "shapes" (the task's caption sampler) or a text file, one prompt per line.
+    source: "shapes" (the task's caption sampler), "shapes_video" (the moving-shape video task's
+        captions, progrpo_fast.tasks.shapes_video) or a text file, one prompt per line.
     pool: with source "shapes", > 0 trains on a fixed pool of this many captions (drawn once from
         train.seed; the evaluation then covers the pool and, separately, as many fresh held-out
         captions); 0 draws fresh captions every iteration. Ignored for prompt files.
@@ -449,9 +454,8 @@ class Config:
         packed = {"flux": "FLUX", "qwen_image": "Qwen-Image", "qwen_image_random": "Qwen-Image"}
         if model.kind in packed and model.resolution is not None and model.resolution % 16:
             raise ValueError(f"config key 'model.resolution' must be a multiple of 16 for {packed[model.kind]} (2x2 latent packing), got {model.resolution}")
-        video = model.kind in ("wan", "wan21_1p3b_random")
         for key in ("width", "num_frames"):
-            if getattr(model, key) is not None and not video:
+            if getattr(model, key) is not None and model.kind not in VIDEO_KINDS:
                 raise ValueError(f"config key 'model.{key}' applies to video models (model.kind=wan or wan21_1p3b_random), not {model.kind!r}: set it to null")
         if not reward.weights:
             raise ValueError("config key 'reward.weights' must name at least one reward, e.g. reward.weights={shapes: 1.0}")
@@ -484,7 +488,7 @@ class Config:
             if not Path(reward_path).expanduser().exists():
                 raise ValueError(f"config key 'reward.paths.{name}': {reward_path!r} does not exist")
         source = self.prompts.source
-        if source != "shapes":
+        if source not in ("shapes", "shapes_video"):
             path = Path(source).expanduser()
             if not path.is_file():
                 raise ValueError(f"config key 'prompts.source': no prompt file {source!r}; give a text file with one prompt per line, or 'shapes' for the task's caption sampler")

@@ -81,7 +81,10 @@ def video_or_image_adapter(model_cfg):
 
 
 def build_reward(config):
-    from progrpo_fast.rewards import WeightedReward, build_reward as make
+    """The weighted reward of config.reward; for video models each image reward scores every
+    reward.frame_stride-th frame (FrameReward)."""
+    from progrpo_fast.rewards import FrameReward, WeightedReward, build_reward as make
+    from progrpo_fast.train.config import VIDEO_KINDS
 
     rewards = {}
     for name in config.reward.weights:
@@ -90,7 +93,10 @@ def build_reward(config):
             kwargs["path"] = config.reward.paths[name]
         if name == "http":
             kwargs["url"] = config.reward.http_url
-        rewards[name] = make(name, **kwargs)
+        reward = make(name, **kwargs)
+        if config.model.kind in VIDEO_KINDS and not reward.accepts_video:
+            reward = FrameReward(reward, config.reward.frame_stride)
+        rewards[name] = reward
     return WeightedReward(dict(config.reward.weights), rewards)
 
 
@@ -99,7 +105,7 @@ TRAIN_PROMPT_STREAM, EVAL_PROMPT_STREAM, POOL_STREAM = 100, 1000, 3000
 
 def build_prompts(config, stream: int = TRAIN_PROMPT_STREAM, use_pool: bool = True):
     """prompts(iteration, rank, count): the shapes task's caption sampler (or, with ``use_pool``,
-    its fixed pool, see prompts.pool) or a prompt file, drawn with replacement by a generator keyed
+    its fixed pool, see prompts.pool), the moving-shape video captions ("shapes_video") or a prompt file, drawn with replacement by a generator keyed
     by (seed, iteration, stream + rank); the held-out evaluation prompts use their own stream."""
     seed = config.train.seed
     if config.prompts.source == "shapes":
@@ -114,6 +120,14 @@ def build_prompts(config, stream: int = TRAIN_PROMPT_STREAM, use_pool: bool = Tr
             return [caption(sample_scene(gen)) for _ in range(count)]
 
         return shapes_prompts
+    if config.prompts.source == "shapes_video":
+        from progrpo_fast.tasks.shapes_video import moving_caption, sample_moving_scene
+
+        def moving_shapes_prompts(iteration, rank, count):
+            gen = torch.Generator().manual_seed(iteration_seed(seed, iteration, stream + rank))
+            return [moving_caption(sample_moving_scene(gen)) for _ in range(count)]
+
+        return moving_shapes_prompts
     lines = [line.strip() for line in Path(config.prompts.source).read_text().splitlines() if line.strip()]
     if not lines:
         raise ValueError(f"prompts.source={config.prompts.source!r} holds no prompt (one per line expected)")
@@ -241,15 +255,16 @@ def evaluation_summary(results: dict[str, dict], when: str, iteration: int) -> d
 
 def save_before_after(before: dict, after: dict, path: Path, max_prompts: int = 8, max_samples: int = 8) -> Path:
     """One row per evaluation prompt (the first ``max_prompts``): its first ``max_samples`` samples
-    before training | a blank | the same noise after."""
+    before training | a blank | the same noise after (videos: their middle frame)."""
     per_prompt = before["rewards"].shape[1]
     shown = min(max_samples, per_prompt)
     rows = min(max_prompts, len(before["prompts"]))
-    shape = before["images"].shape[1:]
+    still_before, still_after = (x[:, :, x.shape[2] // 2] if x.dim() == 5 else x for x in (before["images"], after["images"]))
+    shape = still_before.shape[1:]
     tiles = []
     for p in range(rows):
         first = slice(p * per_prompt, p * per_prompt + shown)
-        tiles += [*before["images"][first], torch.ones(shape), *after["images"][first]]
+        tiles += [*still_before[first], torch.ones(shape), *still_after[first]]
     scale = max(1, 128 // shape[-1])
     return save_grid(torch.stack(tiles), path, columns=2 * shown + 1, scale=scale)
 
