@@ -95,3 +95,35 @@ def test_stock_pipeline_prunes_like_the_sampler():
     assert torch.equal(hook.kept, ours.trajectory_ids)
     torch.testing.assert_close(pipe._unpack_latents(out, 32, 32, pipe.vae_scale_factor)[:, :, 0], ours.final_latents, rtol=1e-4, atol=1e-4)
     assert hook._handle is None
+
+
+def test_qwen_image_sized_random_model_matches_the_published_config():
+    """model.kind=qwen_image_random: Qwen-Image's published transformer (Qwen/Qwen-Image
+    transformer/config.json: 60 blocks, 24 heads x 128, joint_attention_dim 3584, in_channels 64,
+    RoPE axes (16, 56, 56)) and VAE, built on the meta device (no memory)."""
+    from progrpo_fast.models.tiny import qwen_image_sized_pipeline
+
+    pipe = qwen_image_sized_pipeline(device="meta")
+    config = pipe.transformer.config
+    assert (config.num_layers, config.num_attention_heads, config.attention_head_dim, config.joint_attention_dim) == (60, 24, 128, 3584)
+    assert (config.in_channels, config.out_channels, tuple(config.axes_dims_rope), config.guidance_embeds) == (64, 16, (16, 56, 56), False)
+    assert sum(p.numel() for p in pipe.transformer.parameters()) == pytest.approx(2.043e10, rel=1e-3)  # "20B"
+    assert sum(p.numel() for p in pipe.vae.parameters()) == pytest.approx(1.269e8, rel=1e-3) and pipe.vae_scale_factor == 8
+    assert pipe.text_encoder.config.text_config.hidden_size == 3584
+    model = QwenImageDenoiser(pipe, resolution=512)
+    assert model.latent_shape() == (16, 64, 64)
+
+
+def test_build_model_makes_qwen_image_kinds(monkeypatch, tmp_path):
+    from progrpo_fast.models import tiny
+    from progrpo_fast.train.config import load_config
+    from progrpo_fast.train.run import build_model
+
+    monkeypatch.setattr(tiny, "qwen_image_sized_pipeline", lambda device: tiny_qwen_image_pipeline())  # the 20B one is too big here
+    config = load_config(None, ["model.kind=qwen_image_random", "model.resolution=32", "model.max_sequence_length=64", "model.dtype=bf16"])
+    model = build_model(config.model, device="cpu")
+    assert isinstance(model, QwenImageDenoiser) and model.dtype == torch.bfloat16 and model.latent_shape() == (4, 8, 8)
+    tiny_qwen_image_pipeline().save_pretrained(tmp_path)
+    config = load_config(None, ["model.kind=qwen_image", f"model.path={tmp_path}", "model.resolution=32", "model.guidance_scale=3.0"])
+    model = build_model(config.model, device="cpu")
+    assert isinstance(model, QwenImageDenoiser) and model.guidance_scale == 3.0 and model.max_sequence_length == 512

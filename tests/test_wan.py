@@ -95,3 +95,34 @@ def test_stock_pipeline_prunes_like_the_sampler(guidance):
     assert torch.equal(hook.kept, ours.trajectory_ids)
     torch.testing.assert_close(out.float(), ours.final_latents, rtol=1e-4, atol=1e-4)
     assert hook._handle is None
+
+
+def test_wan21_1p3b_sized_random_model_matches_the_published_config():
+    """model.kind=wan21_1p3b_random: Wan2.1-T2V-1.3B's published transformer
+    (Wan-AI/Wan2.1-T2V-1.3B-Diffusers transformer/config.json: 30 blocks, 12 heads x 128, FFN 8960,
+    text_dim 4096, patch (1, 2, 2)) and the Wan2.1 VAE, built on the meta device."""
+    from progrpo_fast.models.tiny import wan21_1p3b_sized_pipeline
+
+    pipe = wan21_1p3b_sized_pipeline(device="meta")
+    config = pipe.transformer.config
+    assert (config.num_layers, config.num_attention_heads, config.attention_head_dim, config.ffn_dim) == (30, 12, 128, 8960)
+    assert (config.text_dim, config.in_channels, tuple(config.patch_size), config.freq_dim) == (4096, 16, (1, 2, 2), 256)
+    assert sum(p.numel() for p in pipe.transformer.parameters()) == pytest.approx(1.419e9, rel=1e-3)  # "1.3B"
+    assert sum(p.numel() for p in pipe.vae.parameters()) == pytest.approx(1.269e8, rel=1e-3)
+    assert (pipe.vae_scale_factor_spatial, pipe.vae_scale_factor_temporal, pipe.tokenizer.model_max_length) == (8, 4, 512)
+    model = WanDenoiser(pipe)  # the published default video: 81 frames of 480 x 832
+    assert model.latent_shape() == (16, 21, 60, 104)
+
+
+def test_build_model_makes_wan_kinds(monkeypatch, tmp_path):
+    from progrpo_fast.models import tiny
+    from progrpo_fast.train.config import load_config
+    from progrpo_fast.train.run import build_model
+
+    monkeypatch.setattr(tiny, "wan21_1p3b_sized_pipeline", lambda device: tiny_wan_pipeline())
+    overrides = ["model.resolution=32", "model.width=16", "model.num_frames=5", "model.max_sequence_length=16"]
+    model = build_model(load_config(None, ["model.kind=wan21_1p3b_random", *overrides]).model, device="cpu")
+    assert isinstance(model, WanDenoiser) and model.latent_shape() == (4, 2, 8, 4)
+    tiny_wan_pipeline().save_pretrained(tmp_path)
+    model = build_model(load_config(None, ["model.kind=wan", f"model.path={tmp_path}", *overrides]).model, device="cpu")
+    assert isinstance(model, WanDenoiser) and (model.height, model.width, model.num_frames) == (32, 16, 5)
