@@ -5,22 +5,15 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
+from test_ops import backend  # noqa: F401  (the fixture: every usable backend)
 
-from progrpo_fast import backends, ops
+from progrpo_fast import ops
 from progrpo_fast.ops import reference
 
 DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
 DTYPES = [torch.float32, torch.float16, torch.bfloat16]
 # (B, C, F, H, W), grid: odd frame counts (1, 3, 5, 17 = Wan's 4k+1 latent frames), bins that overlap
 VIDEO_CASES = [((4, 3, 5, 7, 9), 3), ((6, 2, 1, 8, 8), 4), ((4, 2, 3, 5, 5), 5), ((2, 1, 17, 4, 4), 2), ((3, 16, 3, 6, 10), 4)]
-
-
-@pytest.fixture(params=backends.NAMES)
-def backend(request):
-    ok, why = backends.usable(request.param, DEVICE)
-    if not ok:
-        pytest.skip(why)
-    return request.param
 
 
 def video(shape, dtype, seed):

@@ -10,17 +10,14 @@ causal Qwen-Image VAE, decoding one frame.
 """
 from __future__ import annotations
 
-import numpy as np
 import torch
 from diffusers import QwenImagePipeline
-from diffusers.pipelines.qwenimage.pipeline_qwenimage import calculate_shift
 
-from progrpo_fast.models.base import PipelineDenoiser
+from progrpo_fast.models.base import PackedLatentDenoiser
 from progrpo_fast.models.wan import decode_normalized_latents
-from progrpo_fast.sampling.sde import flow_sigmas
 
 
-class QwenImageDenoiser(PipelineDenoiser):
+class QwenImageDenoiser(PackedLatentDenoiser):
     """Wraps a QwenImagePipeline you hold (or ``QwenImageDenoiser.from_pretrained(local_dir)``).
 
     guidance_scale: the true-CFG scale (the pipeline's ``true_cfg_scale``; <= 1 disables CFG).
@@ -56,19 +53,6 @@ class QwenImageDenoiser(PipelineDenoiser):
         if self.cfg:
             cond.update(embed([self.negative_prompt] * len(prompts), "negative_"))
         return cond
-
-    def latent_shape(self):
-        side = 2 * (self.resolution // (self.pipe.vae_scale_factor * 2))
-        return (self.network.config.in_channels // 4, side, side)
-
-    def schedule(self, num_steps):
-        tokens = (self.latent_shape()[1] // 2) ** 2
-        config = self.pipe.scheduler.config
-        mu = calculate_shift(tokens, config.get("base_image_seq_len", 256), config.get("max_image_seq_len", 4096),
-                             config.get("base_shift", 0.5), config.get("max_shift", 1.15))
-        sigmas = flow_sigmas(self.pipe.scheduler, num_steps, device=self.device,
-                             sigmas=np.linspace(1.0, 1 / num_steps, num_steps), mu=mu)
-        return {"sigmas": sigmas, "timesteps": self.pipe.scheduler.timesteps.to(self.device)}
 
     def _velocity(self, packed, timestep, cond, prefix: str) -> torch.Tensor:
         side = self.latent_shape()[1] // 2
