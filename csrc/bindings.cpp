@@ -37,8 +37,8 @@ void check_k(const char* op, int64_t k, int64_t n) {
 }
 
 at::Tensor pool_latents(const at::Tensor& x, int64_t grid) {
-  check_input("pool_latents", x, x.dim() == 4);
-  TORCH_CHECK(1 <= grid && grid <= std::min(x.size(2), x.size(3)), "pool_latents: grid out of range: ", grid);
+  check_input("pool_latents", x, x.dim() == 4 || x.dim() == 5);
+  TORCH_CHECK(1 <= grid && grid <= std::min(x.size(-2), x.size(-1)), "pool_latents: grid out of range: ", grid);
   return PROGRPO_FAST_ON_DEVICE(x, pool_latents, x, grid);
 }
 
@@ -62,11 +62,11 @@ at::Tensor variance_select(const at::Tensor& features, int64_t k) {
 }
 
 PruneResult prune_select(const at::Tensor& x, int64_t group_size, int64_t k, int64_t grid) {
-  check_input("prune_select", x, x.dim() == 1 || x.dim() == 2 || x.dim() == 4);
+  check_input("prune_select", x, x.dim() == 1 || x.dim() == 2 || x.dim() == 4 || x.dim() == 5);
   TORCH_CHECK(group_size >= 1 && x.size(0) % group_size == 0, "prune_select: batch ", x.size(0),
               " is not a multiple of group_size ", group_size);
   check_k("prune_select", k, group_size);
-  TORCH_CHECK(x.dim() != 4 || (1 <= grid && grid <= std::min(x.size(2), x.size(3))),
+  TORCH_CHECK(x.dim() < 4 || (1 <= grid && grid <= std::min(x.size(-2), x.size(-1))),
               "prune_select: grid out of range: ", grid);
   return PROGRPO_FAST_ON_DEVICE(x, prune_select, x, group_size, k, grid);
 }
@@ -112,7 +112,8 @@ PYBIND11_MODULE(_C, m) {
   const auto no_gil = py::call_guard<py::gil_scoped_release>();
   m.def("built_with_cuda", [] { return kBuiltWithCuda; }, "Whether the CUDA kernels were compiled in.");
   m.def("pool_latents", &pool_latents, py::arg("x"), py::arg("grid"), no_gil,
-        "x (B, C, H, W) -> (B, C*grid*grid) fp32 adaptive mean pool (torch's bin edges).");
+        "x (B, C, H, W) or (B, C, F, H, W) -> (B, C*grid*grid) fp32 adaptive mean pool (torch's bin edges; "
+        "a video's frames in one temporal bin).");
   m.def("group_variance", &group_variance, py::arg("x"), py::arg("group_size"), no_gil,
         "x (B, ...) -> (B/group_size,) fp32 total variance of each group, accumulated in double.");
   m.def("ovf_select", &ovf_select, py::arg("scores"), py::arg("k"), no_gil,
@@ -120,7 +121,7 @@ PYBIND11_MODULE(_C, m) {
   m.def("variance_select", &variance_select, py::arg("features"), py::arg("k"), no_gil,
         "features (P, N, D) -> int64 (P, k): exact OVF for D == 1, greedy max-dispersion otherwise.");
   m.def("prune_select", &prune_select, py::arg("x"), py::arg("group_size"), py::arg("k"), py::arg("grid"), no_gil,
-        "Latents (B, C, H, W), features (B, D) or scores (B,) -> (flat survivor rows (P*k,) ascending, "
+        "Latents (B, C, H, W) or (B, C, F, H, W), features (B, D) or scores (B,) -> (flat survivor rows (P*k,) ascending, "
         "var_all (P,), var_kept (P,)).");
   m.def("compact_", &compact_, py::arg("index"), py::arg("tensors"), no_gil,
         "Moves rows index (strictly ascending) to the front of every tensor, in place.");

@@ -3,14 +3,17 @@
 // device: csrc/cpu implements every op for CPU tensors, csrc/cuda/torch_glue.cpp for CUDA tensors
 // (compiled only with PROGRPO_FAST_WITH_CUDA).
 //
-//   pool_latents(x (B,C,H,W), grid)        -> (B, C*grid*grid) fp32 adaptive mean pool
+//   pool_latents(x (B,C,H,W) or (B,C,F,H,W), grid)
+//                                          -> (B, C*grid*grid) fp32 adaptive mean pool (a video's
+//                                             F frames in one temporal bin)
 //   group_variance(x (B,...), G)           -> (B/G,) fp32 (1/G) sum_i ||x_i - mean||^2, in double
 //   ovf_select(scores (P,N), k)            -> (P, k) int64 exact max-variance subsets, ascending
 //   variance_select(features (P,N,D), k)   -> (P, k) int64: exact OVF for D == 1, else greedy
 //                                             max-dispersion; ascending
 //   prune_select(x, G, k, grid)            -> survivors (P*k,) int64 flat ascending rows, and the
 //                                             fp32 variance of each whole group / kept subset (P,);
-//                                             x is latents (B,C,H,W), features (B,D) or scores (B,)
+//                                             x is latents (B,C,H,W) / (B,C,F,H,W), features (B,D)
+//                                             or scores (B,)
 //   compact_(index, tensors)               -> moves rows index (strictly ascending) to the front
 //                                             of every tensor, in place
 #pragma once

@@ -1,7 +1,7 @@
 """The fused pruning op: latents / features / scores of a whole batch -> survivors' flat rows.
 
 Two launches, no host sync, indices never leave the device:
-1. latents (B, C, H, W): `_pool_latents_kernel` reads the latents exactly once and writes only the
+1. latents (B, C, H, W) or (B, C, F, H, W): `_pool_latents_kernel` reads the latents exactly once and writes only the
    small (B, C*g*g) fp32 feature buffer (features (B, D) / scores (B,) skip this step);
 2. one selection program per group: D == 1 -> the exact scalar OVF kernel, else the greedy
    max-dispersion kernel. Each program also writes its group's total variance and its kept subset's
@@ -22,7 +22,7 @@ def prune_select(x: torch.Tensor, group_size: int, k: int, grid: int):
     x = x.contiguous()
     b = x.shape[0]
     p = b // group_size
-    features = pool_latents(x, grid) if x.dim() == 4 else x.reshape(b, -1)
+    features = pool_latents(x, grid) if x.dim() >= 4 else x.reshape(b, -1)
     d = features.shape[1]
     device = x.device
     idx = torch.empty(p * k, device=device, dtype=torch.int64)

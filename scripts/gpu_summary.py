@@ -65,7 +65,7 @@ def main() -> None:
     rows.append(["sampling speed-up / ideal trajectory-step ratio, SD3.5-M", "-" if ratio is None else
                  f"{ratio:.3f} ({big['pruned_speedup']:.2f}x of {big['ideal_speedup']:.2f}x)", ">= 0.95", verdict(ratio, lambda r: r >= 0.95)])
     timed = (throughput or {}).get("rows", [])
-    naive = next((row["method"] for row in timed if row["method"].startswith("naive-")), None)
+    naive = next((row["method"] for row in timed if row["time_vs_first_naive"] == 1.0 and row["proxy"] is None and not row["static_ovf"]), None)
     for row in timed:
         if row["method"] != naive:
             rows.append([f"iteration time {row['method']} / {naive}", f"{row['time_vs_first_naive']:.3f} ({row['time_vs_first_naive_range']})",

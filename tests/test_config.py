@@ -4,7 +4,8 @@ import yaml
 
 from progrpo_fast.train.config import Config, apply_overrides, available_presets, load_config
 
-PRESETS = ["shapes", "shapes_naive", "sd35m_pickscore", "sd35m_pickscore_flash", "sd35m_pickscore_naive", "sd14_hpsv2"]
+PRESETS = ["shapes", "shapes_naive", "sd35m_pickscore", "sd35m_pickscore_flash", "sd35m_pickscore_naive", "sd14_hpsv2",
+           "qwen_image_pickscore", "wan21_t2v"]
 
 
 def raises(match: str):
@@ -266,7 +267,7 @@ def test_extends_merges_sections_key_by_key(tmp_path):
 
 
 def test_config_file_errors(tmp_path):
-    with raises(r"no config file or preset named 'nope'; presets: sd14_hpsv2, sd35m_pickscore"):
+    with raises(r"no config file or preset named 'nope'; presets: qwen_image_pickscore, sd14_hpsv2, sd35m_pickscore"):
         load_config("nope", [])
     bad = tmp_path / "bad.yaml"
     bad.write_text("train: [1, 2\n")
@@ -279,3 +280,38 @@ def test_config_file_errors(tmp_path):
     loop.write_text("extends: loop.yaml\n")
     with raises(r"'extends' cycle"):
         Config.from_yaml(loop)
+
+
+# ------------------------------------------------------------------ Qwen-Image and Wan (issue 13)
+def test_qwen_image_and_wan_presets_follow_the_papers_pattern():
+    qwen = load_config("qwen_image_pickscore", check_paths=False)
+    assert qwen.model.kind == "qwen_image" and qwen.sampler.schedule == "32:5=16,7=8@10" and qwen.train.gradient_checkpointing
+    wan = load_config("wan21_t2v", check_paths=False)
+    assert wan.model.kind == "wan" and wan.model.num_frames == 33 and (wan.model.resolution, wan.model.width) == (240, 416)
+    assert wan.sampler.schedule == "16:10=8,14=4@20" and wan.reward.frame_stride == 8
+    assert set(wan.reward.weights) == {"pickscore", "temporal_consistency"}
+    with raises(r"config key 'model.path' is required for model.kind='wan'.*Wan-AI/Wan2.1-T2V-1.3B-Diffusers"):
+        load_config("wan21_t2v")
+
+
+def test_video_and_memory_keys():
+    config = apply_overrides(Config(), ["sampler.history_device=cpu", "sampler.history_dtype=bf16", "train.gradient_checkpointing=true"])
+    assert (config.sampler.history_device, config.sampler.history_dtype, config.train.gradient_checkpointing) == ("cpu", "bf16", True)
+    with raises(r"'sampler\.history_device' expects one of 'model', 'cpu'"):
+        apply_overrides(Config(), ["sampler.history_device=cuda"])
+    with raises(r"'model\.num_frames' must be null or 4k \+ 1 frames"):
+        apply_overrides(Config(), ["model.kind=wan", "model.num_frames=32"])
+    with raises(r"'model\.num_frames' applies to video models"):
+        apply_overrides(Config(), ["model.num_frames=33"])
+    with raises(r"model\.kind='qwen_image' is a flow model and takes one of sde, cps, ode"):
+        apply_overrides(Config(), ["model.kind=qwen_image", "sampler.method=ddim"])
+    with raises(r"multiple of 16 for Qwen-Image"):
+        apply_overrides(Config(), ["model.kind=qwen_image", "model.resolution=520"])
+    assert apply_overrides(Config(), ["prompts.source=shapes_video"]).validate().prompts.source == "shapes_video"
+
+
+@pytest.mark.parametrize("kind", ["qwen_image_random", "wan21_1p3b_random"])
+def test_published_size_random_kinds_take_no_path(kind, tmp_path):
+    assert load_config(None, [f"model.kind={kind}"]).model.path is None
+    with raises("builds random weights and takes no model.path"):
+        load_config(None, [f"model.kind={kind}", f"model.path={tmp_path}"])

@@ -389,7 +389,7 @@ def test_weighted_reward_errors():
 
 def test_registry_names():
     assert set(REWARDS) == {"jpeg_compressibility", "jpeg_incompressibility", "shapes", "pickscore", "hpsv2", "imagereward",
-                            "clipscore", "aesthetic", "http"}
+                            "clipscore", "aesthetic", "http", "temporal_consistency", "moving_shapes"}
 
 
 # --------------------------------------------------------------------------- HTTP

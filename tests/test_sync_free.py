@@ -11,7 +11,9 @@ import torch
 from progrpo_fast.models.flux import FluxDenoiser
 from progrpo_fast.models.sd1 import SD1Denoiser
 from progrpo_fast.models.sd3 import SD3Denoiser
-from progrpo_fast.models.tiny import tiny_flux_pipeline, tiny_sd1_pipeline, tiny_sd3_pipeline
+from progrpo_fast.models.qwen_image import QwenImageDenoiser
+from progrpo_fast.models.tiny import tiny_flux_pipeline, tiny_qwen_image_pipeline, tiny_sd1_pipeline, tiny_sd3_pipeline, tiny_wan_pipeline
+from progrpo_fast.models.wan import WanDenoiser
 from progrpo_fast.sampling import PruneSchedule
 from progrpo_fast.sampling.graphs import GraphSampler
 from progrpo_fast.sampling.proxies import HiddenProbeProxy, LatentProxy, ProbeProxy, RandomProxy
@@ -80,7 +82,7 @@ def fitted(proxy, model, schedule, method):
     sampler = ExpandPruneSampler(model, schedule, proxy, method=method)
     for seed in (0, 1):
         rollout = sampler.sample(PROMPTS, seed=seed)
-        proxy.observe(rollout, rollout.final_latents.mean((1, 2, 3)))
+        proxy.observe(rollout, rollout.final_latents.flatten(1).mean(1))
     assert schedule.is_naive or proxy.graph_key()[-1], "a fitted checkpoint"
     return proxy
 
@@ -89,10 +91,12 @@ ADAPTERS = {
     "sd3": (tiny_sd3_pipeline, SD3Denoiser, dict(max_sequence_length=4, resolution=16), "sde"),
     "flux": (tiny_flux_pipeline, FluxDenoiser, dict(max_sequence_length=8, resolution=16, true_cfg_scale=2.0), "cps"),
     "sd1": (tiny_sd1_pipeline, SD1Denoiser, dict(resolution=16), "ddim"),
+    "qwen_image": (tiny_qwen_image_pipeline, QwenImageDenoiser, dict(resolution=32, max_sequence_length=64), "sde"),
+    "wan": (tiny_wan_pipeline, WanDenoiser, dict(num_frames=9, height=32, width=32, max_sequence_length=16), "sde"),
 }
 SCHEDULES = {"two checkpoints": "6:1=4,2=2@4", "keep 1": "4:2=1@4", "naive": "4@4"}
 CASES = [("sd3", proxy, schedule) for proxy in ("latent", "random", "probe", "hidden") for schedule in SCHEDULES]
-CASES += [(name, proxy, "two checkpoints") for name in ("flux", "sd1") for proxy in ("latent", "probe", "hidden")]
+CASES += [(name, proxy, "two checkpoints") for name in ("flux", "sd1", "qwen_image", "wan") for proxy in ("latent", "probe", "hidden")]
 
 
 @pytest.mark.parametrize("name, proxy, schedule", CASES)

@@ -32,8 +32,9 @@ inline int64_t grain_for(int64_t work_per_item) {
 inline int64_t bin_start(int64_t i, int64_t size, int64_t grid) { return i * size / grid; }
 inline int64_t bin_end(int64_t i, int64_t size, int64_t grid) { return ((i + 1) * size + grid - 1) / grid; }
 
-// Pools latents x (B, C, H, W) of any float dtype into out (B, C*grid*grid) fp32, in parallel over
-// the B*C planes, reading x once and converting per element.
+// Pools latents x (B, C, H, W) or videos (B, C, F, H, W, frames in one temporal bin) of any float
+// dtype into out (B, C*grid*grid) fp32, in parallel over the B*C planes, reading x once and
+// converting per element.
 void pool_into(const at::Tensor& x, int64_t grid, float* out);
 
 // Scratch buffers of the selection routines, reused across the groups one thread handles.

@@ -1,4 +1,4 @@
-// The fused pruning op on CPU. Pass 1 (latents only) pools x straight into a small fp32 feature
+// The fused pruning op on CPU. Pass 1 (latents (B, C, H, W) or (B, C, F, H, W) only) pools x straight into a small fp32 feature
 // buffer (B, C*g*g), in parallel over planes: x is read once and never copied or converted as a
 // whole. Pass 2, in parallel over groups, reads each group's G feature rows as fp32-rounded
 // doubles (the reference's features are fp32) and computes
@@ -19,11 +19,12 @@ namespace progrpo_fast::cpu {
 PruneResult prune_select(const at::Tensor& x, int64_t group_size, int64_t k, int64_t grid) {
   const int64_t batch = x.size(0), groups = batch / group_size;
   at::Tensor pooled;
-  if (x.dim() == 4) {
+  const bool latents = x.dim() >= 4;
+  if (latents) {
     pooled = at::empty({batch, x.size(1) * grid * grid}, x.options().dtype(at::kFloat));
     pool_into(x, grid, pooled.data_ptr<float>());
   }
-  const at::Tensor& features = x.dim() == 4 ? pooled : x;
+  const at::Tensor& features = latents ? pooled : x;
   const int64_t dim = features.numel() / batch, group_numel = group_size * dim;
 
   at::Tensor index = at::empty({groups * k}, x.options().dtype(at::kLong));

@@ -15,9 +15,10 @@ enum class DType : int { kFloat32, kFloat16, kBFloat16, kFloat64 };
 // Largest group the selection kernel handles: one thread per row, one block per group.
 constexpr int64_t kMaxGroupSize = 1024;
 
-// x (planes, height, width) -> out (planes, grid*grid) fp32 adaptive mean pool (torch's bins).
-cudaError_t launch_pool_latents(const void* x, DType dtype, int64_t planes, int64_t height, int64_t width,
-                                int64_t grid, float* out, cudaStream_t stream);
+// x (planes, frames, height, width) -> out (planes, grid*grid) fp32 adaptive mean pool (torch's
+// bins; the frames of a plane in one temporal bin, frames = 1 for images).
+cudaError_t launch_pool_latents(const void* x, DType dtype, int64_t planes, int64_t frames, int64_t height,
+                                int64_t width, int64_t grid, float* out, cudaStream_t stream);
 
 // Doubles of workspace launch_group_variance needs.
 int64_t group_variance_workspace_size(int64_t groups, int64_t columns);

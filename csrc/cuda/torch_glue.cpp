@@ -40,8 +40,9 @@ void select(const at::Tensor& features, int64_t groups, int64_t n, int64_t d, in
 at::Tensor pool_latents(const at::Tensor& x, int64_t grid) {
   const c10::cuda::CUDAGuard guard(x.device());
   at::Tensor out = at::empty({x.size(0), x.size(1) * grid * grid}, x.options().dtype(at::kFloat));
-  C10_CUDA_CHECK(launch_pool_latents(x.const_data_ptr(), dtype_of(x), x.size(0) * x.size(1), x.size(2), x.size(3),
-                                     grid, out.data_ptr<float>(), current_stream()));
+  const int64_t frames = x.dim() == 5 ? x.size(2) : 1;
+  C10_CUDA_CHECK(launch_pool_latents(x.const_data_ptr(), dtype_of(x), x.size(0) * x.size(1), frames, x.size(-2),
+                                     x.size(-1), grid, out.data_ptr<float>(), current_stream()));
   return out;
 }
 
@@ -71,7 +72,7 @@ at::Tensor variance_select(const at::Tensor& features, int64_t k) {
 
 PruneResult prune_select(const at::Tensor& x, int64_t group_size, int64_t k, int64_t grid) {
   const c10::cuda::CUDAGuard guard(x.device());
-  const at::Tensor features = x.dim() == 4 ? pool_latents(x, grid) : x;
+  const at::Tensor features = x.dim() >= 4 ? pool_latents(x, grid) : x;
   const int64_t groups = x.size(0) / group_size, dim = features.numel() / x.size(0);
   at::Tensor index = at::empty({groups * k}, x.options().dtype(at::kLong));
   at::Tensor var_all = at::empty({groups}, x.options().dtype(at::kFloat));

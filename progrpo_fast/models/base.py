@@ -11,7 +11,11 @@ import json
 from pathlib import Path
 from typing import Protocol
 
+import numpy as np
 import torch
+from diffusers.pipelines.flux.pipeline_flux import calculate_shift
+
+from progrpo_fast.sampling.sde import flow_sigmas
 
 
 class Denoiser(Protocol):
@@ -94,3 +98,22 @@ class PipelineDenoiser:
         scaled = latents / vae.config.scaling_factor + (getattr(vae.config, "shift_factor", None) or 0.0)
         images = vae.decode(scaled.to(vae.dtype), return_dict=False)[0]
         return (images.float() / 2 + 0.5).clamp(0, 1)
+
+
+class PackedLatentDenoiser(PipelineDenoiser):
+    """FLUX / Qwen-Image: square latents (B, C, H, W) that the network sees packed into 2x2
+    patches ((H/2)(W/2) tokens of 4C channels), sampled on their pipelines' schedule: sigmas
+    linspace(1, 1/T, T) time-shifted by mu = calculate_shift(tokens) (dynamic shifting).
+    Subclasses set ``self.resolution`` (pixels)."""
+
+    def latent_shape(self):
+        side = 2 * (self.resolution // (self.pipe.vae_scale_factor * 2))
+        return (self.network.config.in_channels // 4, side, side)
+
+    def schedule(self, num_steps):
+        tokens = (self.latent_shape()[1] // 2) ** 2
+        config = self.pipe.scheduler.config
+        mu = calculate_shift(tokens, config.get("base_image_seq_len", 256), config.get("max_image_seq_len", 4096),
+                             config.get("base_shift", 0.5), config.get("max_shift", 1.15))
+        sigmas = flow_sigmas(self.pipe.scheduler, num_steps, device=self.device, sigmas=np.linspace(1.0, 1 / num_steps, num_steps), mu=mu)
+        return {"sigmas": sigmas, "timesteps": self.pipe.scheduler.timesteps.to(self.device)}

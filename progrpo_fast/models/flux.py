@@ -6,16 +6,13 @@ packed into 2x2 patches only for the network. ``guidance_scale`` is FLUX-dev's d
 the empty negative prompt."""
 from __future__ import annotations
 
-import numpy as np
 import torch
 from diffusers import FluxPipeline
-from diffusers.pipelines.flux.pipeline_flux import calculate_shift
 
-from progrpo_fast.models.base import PipelineDenoiser
-from progrpo_fast.sampling.sde import flow_sigmas
+from progrpo_fast.models.base import PackedLatentDenoiser
 
 
-class FluxDenoiser(PipelineDenoiser):
+class FluxDenoiser(PackedLatentDenoiser):
     kind = "flow"
     pipeline_class = FluxPipeline
 
@@ -42,19 +39,6 @@ class FluxDenoiser(PipelineDenoiser):
             negative, negative_pooled = embed([""] * len(prompts))
             cond.update(negative_prompt_embeds=negative, negative_pooled_projections=negative_pooled)
         return cond
-
-    def latent_shape(self):
-        side = 2 * (self.resolution // (self.pipe.vae_scale_factor * 2))
-        return (self.network.config.in_channels // 4, side, side)
-
-    def schedule(self, num_steps):
-        tokens = (self.latent_shape()[1] // 2) ** 2
-        config = self.pipe.scheduler.config
-        mu = calculate_shift(tokens, config.get("base_image_seq_len", 256), config.get("max_image_seq_len", 4096),
-                             config.get("base_shift", 0.5), config.get("max_shift", 1.15))
-        sigmas = flow_sigmas(self.pipe.scheduler, num_steps, device=self.device,
-                             sigmas=np.linspace(1.0, 1 / num_steps, num_steps), mu=mu)
-        return {"sigmas": sigmas, "timesteps": self.pipe.scheduler.timesteps.to(self.device)}
 
     def predict(self, latents, timestep, cond):
         batch, channels, height, width = latents.shape

@@ -16,9 +16,11 @@ __all__ = ["pool_latents", "group_variance", "ovf_select", "variance_select", "p
 
 
 def pool_latents(x: torch.Tensor, grid: int = 4, *, backend: str | None = None, check_finite: bool = True) -> torch.Tensor:
-    """x (B, C, H, W) -> (B, C*grid*grid) fp32 adaptive mean pool (torch's bin edges)."""
-    _checks.check_tensor("x", x, ndims=(4,))
-    _checks.check_grid(grid, x.shape[2], x.shape[3])
+    """Images x (B, C, H, W) or videos (B, C, F, H, W) -> (B, C*grid*grid) fp32 adaptive mean pool
+    over a grid x grid spatial grid (torch's bin edges), a video's F frames all in one bin:
+    out[b, c, i, j] = (1 / (F kh kw)) sum_{f, h in bin i, w in bin j} x[b, c, f, h, w]."""
+    _checks.check_tensor("x", x, ndims=(4, 5))
+    _checks.check_grid(grid, x.shape[-2], x.shape[-1])
     if check_finite:
         _checks.check_finite("x", x)
     return backends.choose(x.device, backend).pool_latents(x.contiguous(), grid)
@@ -65,16 +67,17 @@ def prune_select(
     check_finite: bool = True,
 ):
     """The fused pruning op. x is a whole batch of consecutive groups: latents or x0 estimates
-    (B, C, H, W) (pooled to C*grid*grid features), features (B, D), or scalar scores (B,).
+    (B, C, H, W) or video latents (B, C, F, H, W) (pooled to C*grid*grid features as in
+    ``pool_latents``), features (B, D), or scalar scores (B,).
 
     Returns the survivors' flat row indices (P*k,) int64, ascending, on x's device; with
     ``return_variance`` also the total feature variance of each whole group and of its kept
     subset, both (P,) fp32."""
-    _checks.check_tensor("x", x, ndims=(1, 2, 4))
+    _checks.check_tensor("x", x, ndims=(1, 2, 4, 5))
     _checks.check_group("x", x.shape[0], group_size)
     _checks.check_k(k, group_size)
-    if x.dim() == 4:
-        _checks.check_grid(grid, x.shape[2], x.shape[3])
+    if x.dim() >= 4:
+        _checks.check_grid(grid, x.shape[-2], x.shape[-1])
     if check_finite:
         _checks.check_finite("x", x)
     index, var_all, var_kept = backends.choose(x.device, backend).prune_select(x.contiguous(), group_size, k, grid)

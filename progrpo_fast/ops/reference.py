@@ -11,7 +11,10 @@ import torch.nn.functional as F
 
 def pool_latents(x: torch.Tensor, grid: int) -> torch.Tensor:
     """(B, C, H, W) -> (B, C*grid*grid) fp32: adaptive average pool (torch's bin edges
-    floor(i*H/g) .. ceil((i+1)*H/g)), flattened channel-major."""
+    floor(i*H/g) .. ceil((i+1)*H/g)), flattened channel-major. Videos (B, C, F, H, W) pool all F
+    frames into one temporal bin: the 3-D adaptive pool to (1, grid, grid)."""
+    if x.dim() == 5:
+        return F.adaptive_avg_pool3d(x.float(), (1, grid, grid)).flatten(1)
     return F.adaptive_avg_pool2d(x.float(), grid).flatten(1)
 
 
@@ -93,8 +96,9 @@ def subset_variance(features: torch.Tensor, index: torch.Tensor) -> torch.Tensor
 
 
 def features_of(x: torch.Tensor, grid: int) -> torch.Tensor:
-    """Latents (B, C, H, W) -> pooled features; features (B, D) as fp32; scores (B,) -> (B, 1)."""
-    if x.dim() == 4:
+    """Latents (B, C, H, W) or (B, C, F, H, W) -> pooled features; features (B, D) as fp32;
+    scores (B,) -> (B, 1)."""
+    if x.dim() >= 4:
         return pool_latents(x, grid)
     return x.float().reshape(x.shape[0], -1)
 

@@ -11,6 +11,9 @@ first use, so that ``python -m progrpo_fast.rewards.http`` runs them fresh. Name
     hpsv2                                           HPSv2.1 (hps)
     imagereward                                     ImageReward (imagereward)
     http                                            a reward served by another process (http)
+    temporal_consistency                            1 - mean frame-to-frame pixel change of videos (video)
+    moving_shapes                                   the moving-shape video task's score (tasks.shapes_video)
+Image rewards score videos frame by frame through ``video.FrameReward``.
 """
 from __future__ import annotations
 
@@ -21,8 +24,11 @@ from .clip_rewards import AestheticScore, CLIPScore, PickScore
 from .jpeg import JpegCompressibility, JpegIncompressibility
 from .modeling import MLPHead, ModelReward
 from .shapes import ShapesScore
+from .video import FrameReward, TemporalConsistency
 
-_LAZY = {"HPSv2": "hps", "ImageReward": "imagereward", "HTTPReward": "http", "RewardServer": "http", "serve_reward": "http"}
+# name -> module relative to this package (".tasks.shapes_video" is progrpo_fast.tasks.shapes_video)
+_LAZY = {"HPSv2": "hps", "ImageReward": "imagereward", "HTTPReward": "http", "RewardServer": "http", "serve_reward": "http",
+         "MovingShapesReward": ".tasks.shapes_video"}
 
 
 def __getattr__(name: str):
@@ -41,6 +47,8 @@ REWARDS = {  # name -> class name in this package
     "clipscore": "CLIPScore",
     "aesthetic": "AestheticScore",
     "http": "HTTPReward",
+    "temporal_consistency": "TemporalConsistency",
+    "moving_shapes": "MovingShapesReward",
 }
 MODEL_REWARDS = ("pickscore", "hpsv2", "imagereward", "clipscore", "aesthetic")
 
@@ -65,7 +73,8 @@ def build_reward(name: str, **kwargs):
 
 
 __all__ = [
-    "REWARDS", "MODEL_REWARDS", "AestheticScore", "CLIPScore", "HPSv2", "HTTPReward", "ImageReward", "JpegCompressibility",
-    "JpegIncompressibility", "MLPHead", "ModelReward", "PickScore", "Reward", "RewardServer", "ShapesScore", "WeightedReward",
+    "REWARDS", "MODEL_REWARDS", "AestheticScore", "CLIPScore", "FrameReward", "HPSv2", "HTTPReward", "ImageReward", "JpegCompressibility",
+    "JpegIncompressibility", "MLPHead", "ModelReward", "MovingShapesReward", "PickScore", "Reward", "RewardServer", "ShapesScore",
+    "TemporalConsistency", "WeightedReward",
     "build_reward", "check_inputs", "check_rewards", "serve_reward",
 ]

@@ -12,12 +12,15 @@ from collections.abc import Mapping, Sequence
 import torch
 
 
-def check_inputs(images, prompts, name: str = "reward") -> None:
+def check_inputs(images, prompts, name: str = "reward", video: bool = False) -> None:
     """Raises ValueError unless images is a (B, 3, H, W) floating tensor in [0, 1] with B >= 1
-    and prompts a list of B strings. Syncs the host once (reads min and max back)."""
-    if not isinstance(images, torch.Tensor) or images.dim() != 4 or images.shape[1] != 3 or images.shape[0] == 0:
+    (with ``video`` also videos (B, 3, F, H, W)) and prompts a list of B strings. Syncs the host
+    once (reads min and max back)."""
+    ranks = (4, 5) if video else (4,)
+    if not isinstance(images, torch.Tensor) or images.dim() not in ranks or images.shape[1] != 3 or images.shape[0] == 0:
         got = tuple(images.shape) if isinstance(images, torch.Tensor) else type(images).__name__
-        raise ValueError(f"{name}: images must be a (B, 3, H, W) tensor with B >= 1, got {got}")
+        want = "(B, 3, H, W) or (B, 3, F, H, W)" if video else "(B, 3, H, W)"
+        raise ValueError(f"{name}: images must be a {want} tensor with B >= 1, got {got}")
     if not images.is_floating_point():
         raise ValueError(f"{name}: images must be floating point in [0, 1], got {images.dtype}")
     low, high = torch.aminmax(images.detach())
@@ -49,12 +52,14 @@ def check_rewards(values, batch: int, name: str) -> torch.Tensor:
 
 class Reward:
     """Base class: ``__call__`` checks the inputs and returns ``score(images, prompts)`` as
-    float32 on the images' device. Subclasses set ``name`` and implement ``score``."""
+    float32 on the images' device. Subclasses set ``name`` and implement ``score``; video rewards
+    (``progrpo_fast.rewards.video``) set ``accepts_video`` and take (B, 3, F, H, W)."""
 
     name = "reward"
+    accepts_video = False
 
     def __call__(self, images: torch.Tensor, prompts: Sequence[str]) -> torch.Tensor:
-        check_inputs(images, prompts, self.name)
+        check_inputs(images, prompts, self.name, video=self.accepts_video)
         return self.score(images, list(prompts)).to(images.device, torch.float32)
 
     def score(self, images: torch.Tensor, prompts: list[str]) -> torch.Tensor:
@@ -81,7 +86,7 @@ class WeightedReward:
         self.name = " + ".join(f"{weight:g} * {name}" for name, weight in self.weights.items())
 
     def components(self, images: torch.Tensor, prompts: Sequence[str]) -> dict[str, torch.Tensor]:
-        check_inputs(images, prompts, "WeightedReward")
+        check_inputs(images, prompts, "WeightedReward", video=True)  # each reward checks its own input kind
         batch = images.shape[0]
         return {name: check_rewards(reward(images, prompts), batch, name).to(images.device, torch.float32)
                 for name, reward in self.rewards.items()}

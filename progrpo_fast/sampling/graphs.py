@@ -30,13 +30,15 @@ def proxy_capturable(proxy) -> bool:
     return bool(getattr(proxy, "capturable", False))
 
 
-def graph_support(model, proxy=None, *, sharded: bool = False) -> tuple[bool, str]:
+def graph_support(model, proxy=None, *, sharded: bool = False, history_device: str = "model") -> tuple[bool, str]:
     """Whether rollouts of ``model`` can be captured as CUDA graphs, and why not. The proxy never
     prevents it: a proxy that cannot be captured runs between the captured segments."""
     if model.device.type != "cuda":
         return False, f"the model is on {model.device}, not a CUDA device"
     if sharded:
         return False, "the network is FSDP-sharded (its forward passes are collectives)"
+    if history_device not in ("model", None) and torch.device(history_device).type != model.device.type:
+        return False, f"the rollout history is offloaded (sampler.history_device={history_device}): its copies need the host"
     if not getattr(model, "capturable", True):
         return False, f"{type(model).__name__} is marked not capturable ({getattr(model, 'not_capturable_reason', 'host work in predict')})"
     return True, ""
@@ -49,8 +51,11 @@ class GraphSampler(ExpandPruneSampler):
     the static buffers."""
 
     def __init__(self, model, schedule, proxy=None, method: str = "sde", eta: float = 0.7, noise_steps=None, id_stride: int | None = None,
-                 *, warmup: int = 2):
-        super().__init__(model, schedule, proxy, method, eta, noise_steps, id_stride)
+                 history_device=None, history_dtype: torch.dtype = torch.float32, *, warmup: int = 2):
+        super().__init__(model, schedule, proxy, method, eta, noise_steps, id_stride, history_device, history_dtype)
+        if self.history_device.type != model.device.type:
+            raise ValueError(f"GraphSampler keeps the rollout history on the model's device ({model.device}), got history_device="
+                             f"{self.history_device}; sample eagerly (sampler.cuda_graphs=auto or false) to offload it")
         if not isinstance(warmup, int) or warmup < 1:
             raise ValueError(f"warmup must be an int >= 1 (eager rollouts before capture), got {warmup!r}")
         self.warmup = warmup
@@ -213,7 +218,7 @@ def build_sampler(model, schedule, sampler_config, proxy=None, *, sharded: bool 
         raise ValueError(f"sampler.cuda_graphs must be 'auto', 'true' or 'false', got {mode!r}")
     if mode == "false":
         return ExpandPruneSampler.from_config(model, schedule, sampler_config, proxy)
-    ok, why = graph_support(model, proxy, sharded=sharded)
+    ok, why = graph_support(model, proxy, sharded=sharded, history_device=sampler_config.history_device)
     if not ok:
         if mode == "true":
             raise ValueError(f"sampler.cuda_graphs=true but CUDA graphs cannot run here: {why}; set sampler.cuda_graphs=auto or false")

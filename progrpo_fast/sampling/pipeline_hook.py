@@ -10,8 +10,10 @@ The pipeline's batch must be consecutive groups of ``group_size_max`` rows per p
 from the two latents around it (exact for the deterministic Euler / DDIM(eta=0) steps the stock
 pipelines take), selects survivors with ``ops.prune_select`` and compacts the latents and every
 per-row conditioning tensor in place, CFG pairs included. Conditioning the pipeline does not pass
-to callbacks (FLUX's pooled embeddings and guidance, negative embeddings of true CFG) is narrowed
-by a forward pre-hook on the network. Needs checkpoints >= 2.
+to callbacks (FLUX's pooled embeddings and guidance, negative embeddings of true CFG, Qwen-Image's
+text masks and negative embeddings) is narrowed by a forward pre-hook on the network. Works on
+SD3, FLUX, SD1.x, Qwen-Image (packed latents, true CFG) and Wan (video latents (B, C, F, H, W),
+both CFG halves passed to the callback). Needs checkpoints >= 2.
 """
 from __future__ import annotations
 
@@ -20,7 +22,8 @@ import torch
 from progrpo_fast import ops
 from progrpo_fast.sampling.schedule import PruneSchedule
 
-BATCHED_NETWORK_INPUTS = ("encoder_hidden_states", "pooled_projections", "guidance")
+BATCHED_NETWORK_INPUTS = ("encoder_hidden_states", "encoder_hidden_states_mask", "pooled_projections", "guidance")
+CALLBACK_INPUTS = ("latents", "prompt_embeds", "negative_prompt_embeds", "pooled_prompt_embeds")
 
 
 class PruneCallback:
@@ -29,7 +32,7 @@ class PruneCallback:
             raise ValueError(f"checkpoints must be >= 2 for the pipeline hook (x0_hat comes from two consecutive latents), got {schedule.checkpoints}")
         self.pipe, self.schedule, self.grid = pipe, schedule, grid
         self.network = pipe.transformer if hasattr(pipe, "transformer") else pipe.unet
-        self.tensor_inputs = [name for name in ("latents", "prompt_embeds", "pooled_prompt_embeds") if name in pipe._callback_tensor_inputs]
+        self.tensor_inputs = [name for name in CALLBACK_INPUTS if name in pipe._callback_tensor_inputs]
         self.kept = None  # rows of the unpruned batch that are still running
         self.unpruned_rows = 0
         self.previous_latents = None
@@ -54,6 +57,8 @@ class PruneCallback:
             kwargs["latents"] = ops.compact_(index, latents, check_values=False)
             for name in self.tensor_inputs[1:]:
                 value = kwargs[name]
+                if value is None:  # e.g. Wan's negative_prompt_embeds without CFG
+                    continue
                 pairs = value.shape[0] // rows  # 2 under CFG: [negative; positive]
                 both = torch.cat([index + half * rows for half in range(pairs)])
                 kwargs[name] = ops.compact_(both, value, check_values=False)
@@ -82,8 +87,9 @@ class PruneCallback:
         return args, kwargs
 
     def _unpacked(self, x: torch.Tensor) -> torch.Tensor:
-        """FLUX's packed latents (B, (H/2)(W/2), 4C) -> (B, C, H, W) for pooling (square images)."""
-        if x.dim() == 4:
+        """FLUX's / Qwen-Image's packed latents (B, (H/2)(W/2), 4C) -> (B, C, H, W) (Qwen-Image:
+        (B, C, 1, H, W)) for pooling (square images); image and video latents as they are."""
+        if x.dim() != 3:
             return x
         side = int(round(x.shape[1] ** 0.5))
         if side * side != x.shape[1]:

@@ -26,8 +26,11 @@ from progrpo_fast import ops
 from progrpo_fast.models.base import Denoiser, repeat_rows
 from progrpo_fast.sampling.proxies import Checkpoint, LatentProxy
 from progrpo_fast.sampling.schedule import PruneSchedule
-from progrpo_fast.sampling.sde import keyed_noise, seed_tensor
+from progrpo_fast.sampling.sde import gaussian_log_prob, keyed_noise, seed_tensor
 from progrpo_fast.sampling.stepper import Stepper
+
+
+HISTORY_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 @dataclass
@@ -86,7 +89,8 @@ class DeviceTimer:
 class Rollout:
     """The survivors of one expand-and-prune rollout, K per prompt, grouped by prompt.
 
-    latents: (n, T+1, *latent_shape) fp32, x_0 (noise) .. x_T (final sample) per survivor;
+    latents: (n, T+1, *latent_shape) x_0 (noise) .. x_T (final sample) per survivor, fp32 on the
+    model's device unless the sampler keeps its history elsewhere (history_device, history_dtype);
     log_probs: (n, T) fp32 log-prob of each recorded transition; trajectory_ids / prompt_index: (n,);
     cond: per-row conditioning; timesteps (T,); trajectory_steps: network row-evaluations spent;
     proxy_timer: the time spent choosing and compacting survivors (None when a CUDA graph fused it
@@ -160,22 +164,33 @@ class ExpandPruneSampler:
     """sample(prompts, seed) runs the schedule on ``model`` (a Denoiser) with the step ``method``
     ("sde", "cps", "ode" for flow models, "ddim" for diffusion), noise at ``noise_steps`` (None:
     all) and ``proxy`` at checkpoints. Row j of prompt p is trajectory p * ``id_stride`` + j (None:
-    G_max), so a naive group of G with id_stride = G' takes the noise of the first G of a G' group."""
+    G_max), so a naive group of G with id_stride = G' takes the noise of the first G of a G' group.
+    The recorded trajectories (n, T+1, ...) live on ``history_device`` (None: the model's; "cpu"
+    offloads them to pinned host memory) in ``history_dtype``; each step starts from the recorded
+    x_t and its log-prob scores the recorded x_{t+1}, so a fp16/bf16 history is the trajectory the
+    trainer replays (ratio = 1)."""
 
     def __init__(self, model: Denoiser, schedule: PruneSchedule, proxy=None, method: str = "sde", eta: float = 0.7, noise_steps=None,
-                 id_stride: int | None = None):
+                 id_stride: int | None = None, history_device=None, history_dtype: torch.dtype = torch.float32):
         if id_stride is not None and id_stride < schedule.group_size_max:
             raise ValueError(f"id_stride must be >= the schedule's G_max = {schedule.group_size_max} (or None), got {id_stride}")
+        if history_dtype not in HISTORY_DTYPES.values():
+            raise ValueError(f"history_dtype must be one of {list(HISTORY_DTYPES.values())}, got {history_dtype!r}")
         self.model, self.schedule, self.id_stride = model, schedule, id_stride
         self.proxy = proxy if proxy is not None else LatentProxy()
         self.stepper = Stepper(model.kind, method, eta, model.schedule(schedule.num_steps), noise_steps)
         self.segments = segments(schedule)
+        self.history_device = torch.device(model.device if history_device is None else history_device)
+        self.history_dtype = history_dtype
 
     @classmethod
     def from_config(cls, model: Denoiser, schedule: PruneSchedule, sampler_config, proxy=None, **kwargs):
-        """The sampler of a config's sampler section (method, eta, noise_steps) on ``schedule``."""
+        """The sampler of a config's sampler section (method, eta, noise_steps, trajectory_id_stride,
+        history_device, history_dtype) on ``schedule``."""
         return cls(model, schedule, proxy, method=sampler_config.method, eta=sampler_config.eta, noise_steps=sampler_config.noise_steps,
-                   id_stride=sampler_config.trajectory_id_stride, **kwargs)
+                   id_stride=sampler_config.trajectory_id_stride,
+                   history_device=None if sampler_config.history_device == "model" else sampler_config.history_device,
+                   history_dtype=HISTORY_DTYPES[sampler_config.history_dtype], **kwargs)
 
     @torch.no_grad()
     def sample(self, prompts: list[str], seed: int, progress=None) -> Rollout:
@@ -203,7 +218,8 @@ class ExpandPruneSampler:
         rows = num_prompts * group
         prompt_index = torch.arange(num_prompts, device=device).repeat_interleave(group)
         return RowState(
-            history=torch.empty(rows, steps + 1, *self.model.latent_shape(), device=device),
+            history=torch.empty(rows, steps + 1, *self.model.latent_shape(), device=self.history_device, dtype=self.history_dtype,
+                                pin_memory=self.history_device.type == "cpu" and device.type == "cuda"),
             log_probs=torch.zeros(rows, steps, device=device),
             trajectory_ids=prompt_index * (self.id_stride or group) + torch.arange(group, device=device).repeat(num_prompts),
             prompt_index=prompt_index, cond=cond, rows=rows, group=group,
@@ -212,17 +228,20 @@ class ExpandPruneSampler:
     def run_steps(self, state: RowState, segment: Segment, seed: torch.Tensor, progress=None) -> torch.Tensor:
         """Denoising steps segment.start .. stop - 1 on the live rows (the first segment first
         draws x_0); returns the last step's x0_hat (rows, *latent_shape)."""
-        model, stepper = self.model, self.stepper
+        model, stepper, device = self.model, self.stepper, self.model.device
         history, log_probs, ids, cond = state.live("history"), state.live("log_probs"), state.live("trajectory_ids"), state.live_cond()
         if segment.start == 0:
             history[:, 0] = keyed_noise(seed, ids, 0, history[:, 0].shape)
         x0_hat = None
         for step in range(segment.start, segment.stop):
-            x = history[:, step]
+            x = history[:, step].to(device, torch.float32, non_blocking=True)  # the recorded x_t, as the trainer reads it
             eps = None if stepper.deterministic(step) else keyed_noise(seed, ids, step + 1, x.shape)
             out = stepper(step, x, model.predict(x, stepper.timesteps[step], cond), eps=eps)
             history[:, step + 1] = out.x_next
-            log_probs[:, step] = out.log_prob
+            if self.history_dtype == torch.float32:
+                log_probs[:, step] = out.log_prob
+            else:  # score the rounded x_{t+1} that the history holds and the trainer replays
+                log_probs[:, step] = gaussian_log_prob(history[:, step + 1].to(device, torch.float32), out.mean, out.std)
             x0_hat = out.x0_hat
             if progress is not None:
                 progress(step, state.rows)
@@ -237,8 +256,9 @@ class ExpandPruneSampler:
         kept_features = None if selection.features is None else selection.features[selection.index]
         record = PruneRecord(step, rows, selection.scores, ids[selection.index].view(-1, keep),
                              selection.variance_all, selection.variance_kept, kept_features)
-        ops.compact_(selection.index, state.live("history")[:, : step + 1], state.live("log_probs"), ids, prompt_index,
-                     *state.live_cond().values(), check_values=False)
+        history = state.live("history")[:, : step + 1]
+        ops.compact_(selection.index.to(history.device), history, check_values=False)
+        ops.compact_(selection.index, state.live("log_probs"), ids, prompt_index, *state.live_cond().values(), check_values=False)
         state.rows, state.group = selection.index.shape[0], keep
         return record
 

@@ -42,11 +42,16 @@ __all__ = [
 PRESETS_DIR = Path(__file__).resolve().parent.parent / "configs"
 
 FLOW_KINDS = ("shapes", "sd3", "flux")
+RANDOM_KINDS = ("sd35m_random", "qwen_image_random", "wan21_1p3b_random")
+OTHER_FLOW_KINDS = ("qwen_image", "wan", *RANDOM_KINDS)
+VIDEO_KINDS = ("wan", "wan21_1p3b_random")
 FLOW_METHODS = ("sde", "cps", "ode")
 DOWNLOAD_EXAMPLES = {
     "sd3": "stabilityai/stable-diffusion-3.5-medium",
     "flux": "black-forest-labs/FLUX.1-dev",
     "sd1": "CompVis/stable-diffusion-v1-4",
+    "qwen_image": "Qwen/Qwen-Image",
+    "wan": "Wan-AI/Wan2.1-T2V-1.3B-Diffusers",
 }
 
 
@@ -82,20 +87,27 @@ def optional(check):
 class ModelConfig:
     """The model to train.
 
-    kind: "shapes" (the built-in tiny SD3 model), "sd3", "flux", "sd1", or "sd35m_random" (random
-        weights at SD3.5-Medium's size, for throughput benchmarks; no path).
+    kind: "shapes" (the built-in tiny SD3 model), "sd3", "flux", "sd1", "qwen_image" (Qwen-Image),
+        "wan" (Wan2.1 / Wan2.2-TI2V text-to-video), or random weights at a published size for
+        throughput benchmarks (no path): "sd35m_random" (SD3.5-Medium), "qwen_image_random"
+        (Qwen-Image, 20B), "wan21_1p3b_random" (Wan2.1-T2V-1.3B).
     path: local diffusers folder; None with kind "shapes" loads the shipped weights.
     dtype: weights' dtype: "fp32", "bf16" or "fp16".
-    resolution: image side in pixels (None: the model's default).
-    guidance_scale: classifier-free guidance scale (<= 1 disables CFG; FLUX: distilled guidance).
+    resolution: image side in pixels (the height for Wan; None: the model's default).
+    width: Wan's video width in pixels (None: 832 with the default height, else = resolution).
+    num_frames: Wan's frames per video, 4k + 1 (None: 81).
+    guidance_scale: classifier-free guidance scale (<= 1 disables CFG; FLUX: distilled guidance;
+        Qwen-Image: the true-CFG scale).
     max_sequence_length: T5 tokens for SD3 / FLUX (None: the adapter's default).
     attention: "sdpa" (torch) or "xformers".
     """
 
-    kind: Literal["shapes", "sd3", "flux", "sd1", "sd35m_random"] = option("shapes")
+    kind: Literal["shapes", "sd3", "flux", "sd1", "qwen_image", "wan", "sd35m_random", "qwen_image_random", "wan21_1p3b_random"] = option("shapes")
     path: str | None = option(None)
     dtype: Literal["fp32", "bf16", "fp16"] = option("fp32")
     resolution: int | None = option(None, optional((lambda v: v >= 8 and v % 8 == 0, "a multiple of 8, >= 8")))
+    width: int | None = option(None, optional((lambda v: v >= 8 and v % 8 == 0, "a multiple of 8, >= 8")))
+    num_frames: int | None = option(None, optional((lambda v: v >= 1 and (v - 1) % 4 == 0, "4k + 1 frames (the Wan VAE compresses time 4x)")))
     guidance_scale: float = option(4.5, non_negative())
     max_sequence_length: int | None = option(None, optional(at_least(1)))
     attention: Literal["sdpa", "xformers"] = option("sdpa")
@@ -123,6 +135,10 @@ class SamplerConfig:
     trajectory_id_stride: row j of prompt p samples the keyed noise of trajectory p * stride + j;
         null: G_max. Paired comparisons set it to another method's G_max, so naive GRPO's G
         trajectories are the first G of each of that method's groups (same prompts, same noise).
+    history_device: where the recorded trajectories (rows x (T+1) latents) live: "model" (the
+        model's device) or "cpu" (pinned host memory, copied back per trained minibatch).
+    history_dtype: their dtype: "fp32", or "bf16" / "fp16" (half the memory; sampling then steps
+        from, and scores, the rounded latents, so the trainer replays the same transitions).
     """
 
     schedule: str = option("16:3=8,5=4@8")
@@ -135,6 +151,8 @@ class SamplerConfig:
     static_ovf: bool = option(False)
     cuda_graphs: Literal["auto", "true", "false"] = option("auto")
     trajectory_id_stride: int | None = option(None, optional(at_least(1)))
+    history_device: Literal["model", "cpu"] = option("model")
+    history_dtype: Literal["fp32", "bf16", "fp16"] = option("fp32")
 
 
 @dataclass
@@ -146,12 +164,15 @@ class RewardConfig:
         each reward's group advantages).
     paths: reward name -> local model path (checkpoint or folder) for rewards that load a model.
     http_url: endpoint of the "http" reward (a remote scorer), None when unused.
+    frame_stride: video models: image rewards score every frame_stride-th frame, averaged
+        (video rewards, e.g. temporal_consistency and moving_shapes, see whole videos).
     """
 
     weights: dict[str, float] = option({"shapes": 1.0})
     aggregation: Literal["sum", "per_reward"] = option("sum")
     paths: dict[str, str] = option({})
     http_url: str | None = option(None)
+    frame_stride: int = option(4, at_least(1))
 
 
 @dataclass
@@ -186,6 +207,8 @@ class TrainConfig:
         weights in the trainer's own minibatch layout (no grad), so the first inner step's ratio
         is exactly 1 even where the sampler's batch shapes give other rounding (bf16); costs one
         forward pass per trained row-step.
+    gradient_checkpointing: recompute each block's activations in backward instead of storing
+        them (diffusers' enable_gradient_checkpointing on the network): same gradients, less memory.
     """
 
     iterations: int = option(120, at_least(1))
@@ -211,6 +234,7 @@ class TrainConfig:
     mixed_precision: Literal["no", "bf16", "fp16"] = option("no")
     parallel: Literal["ddp", "fsdp"] = option("ddp")
     recompute_old_logprobs: bool = option(False)
+    gradient_checkpointing: bool = option(False)
 
 
 @dataclass
@@ -245,7 +269,8 @@ class LogConfig:
 class PromptsConfig:
     """Training prompts.
 
-    source: "shapes" (the task's caption sampler) or a text file, one prompt per line.
+    source: "shapes" (the task's caption sampler), "shapes_video" (the moving-shape video task's
+        captions, progrpo_fast.tasks.shapes_video) or a text file, one prompt per line.
     pool: with source "shapes", > 0 trains on a fixed pool of this many captions (drawn once from
         train.seed; the evaluation then covers the pool and, separately, as many fresh held-out
         captions); 0 draws fresh captions every iteration. Ignored for prompt files.
@@ -433,6 +458,8 @@ class Config:
             raise ValueError(f"model.kind='sd1' is a diffusion (epsilon) model and samples with DDIM only: set sampler.method=ddim (got {samp.method!r})")
         if model.kind in FLOW_KINDS and samp.method not in FLOW_METHODS:
             raise ValueError(f"sampler.method={samp.method!r} needs model.kind='sd1'; flow models ({', '.join(FLOW_KINDS)}) take one of {', '.join(FLOW_METHODS)}")
+        if model.kind in OTHER_FLOW_KINDS and samp.method not in FLOW_METHODS:
+            raise ValueError(f"sampler.method={samp.method!r} needs model.kind='sd1'; model.kind={model.kind!r} is a flow model and takes one of {', '.join(FLOW_METHODS)}")
         if samp.method == "cps" and samp.eta > 1:
             raise ValueError(f"config key 'sampler.eta' must be <= 1 with method 'cps' (std = sigma_next * sin(eta * pi / 2)), got {samp.eta}")
         if samp.noise_steps is not None and not (samp.noise_steps and all(0 <= t < schedule.num_steps - 1 for t in samp.noise_steps)):
@@ -443,8 +470,12 @@ class Config:
                              f"(groups must not share trajectory ids), got {samp.trajectory_id_stride}")
         if samp.static_ovf and schedule.is_naive:
             raise ValueError(f"sampler.static_ovf=true needs a pruned schedule to take K of G_max from (e.g. '24:5=16,7=12@10'), got the naive {samp.schedule!r}")
-        if model.kind == "flux" and model.resolution is not None and model.resolution % 16:
-            raise ValueError(f"config key 'model.resolution' must be a multiple of 16 for FLUX (2x2 latent packing), got {model.resolution}")
+        packed = {"flux": "FLUX", "qwen_image": "Qwen-Image", "qwen_image_random": "Qwen-Image"}
+        if model.kind in packed and model.resolution is not None and model.resolution % 16:
+            raise ValueError(f"config key 'model.resolution' must be a multiple of 16 for {packed[model.kind]} (2x2 latent packing), got {model.resolution}")
+        for key in ("width", "num_frames"):
+            if getattr(model, key) is not None and model.kind not in VIDEO_KINDS:
+                raise ValueError(f"config key 'model.{key}' applies to video models (model.kind=wan or wan21_1p3b_random), not {model.kind!r}: set it to null")
         if not reward.weights:
             raise ValueError("config key 'reward.weights' must name at least one reward, e.g. reward.weights={shapes: 1.0}")
         if "http" in reward.weights and not reward.http_url:
@@ -456,10 +487,11 @@ class Config:
 
     def _check_paths(self) -> None:
         model = self.model
-        if model.kind == "sd35m_random" and model.path is not None:
-            raise ValueError("model.kind=sd35m_random builds random weights and takes no model.path: set model.path=null, "
-                             "or model.kind=sd3 to load a local SD3.5 folder")
-        if model.path is None and model.kind not in ("shapes", "sd35m_random"):
+        if model.kind in RANDOM_KINDS and model.path is not None:
+            loads = {"sd35m_random": "sd3", "qwen_image_random": "qwen_image", "wan21_1p3b_random": "wan"}[model.kind]
+            raise ValueError(f"model.kind={model.kind} builds random weights and takes no model.path: set model.path=null, "
+                             f"or model.kind={loads} to load a local folder")
+        if model.path is None and model.kind not in ("shapes", *RANDOM_KINDS):
             example = DOWNLOAD_EXAMPLES[model.kind]
             folder = f"/models/{example.split('/')[1]}"
             raise ValueError(
@@ -475,7 +507,7 @@ class Config:
             if not Path(reward_path).expanduser().exists():
                 raise ValueError(f"config key 'reward.paths.{name}': {reward_path!r} does not exist")
         source = self.prompts.source
-        if source != "shapes":
+        if source not in ("shapes", "shapes_video"):
             path = Path(source).expanduser()
             if not path.is_file():
                 raise ValueError(f"config key 'prompts.source': no prompt file {source!r}; give a text file with one prompt per line, or 'shapes' for the task's caption sampler")

@@ -20,7 +20,6 @@ def build_model(model_cfg, device=None):
     """A Denoiser adapter for config.model (the shipped shapes model by default)."""
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     dtype = DTYPES[model_cfg.dtype]
-    common = {"guidance_scale": model_cfg.guidance_scale, "resolution": model_cfg.resolution}
     if model_cfg.kind == "shapes":
         from progrpo_fast.models import shapes_model
         from progrpo_fast.models.sd3 import SD3Denoiser
@@ -35,6 +34,25 @@ def build_model(model_cfg, device=None):
         pipe = sd35_medium_sized_pipeline(device=device).to(dtype=dtype)
         return SD3Denoiser(pipe, resolution=model_cfg.resolution or 512, guidance_scale=model_cfg.guidance_scale,
                            max_sequence_length=model_cfg.max_sequence_length or 256)
+    if model_cfg.kind in ("qwen_image_random", "wan21_1p3b_random"):
+        from progrpo_fast.models import tiny
+
+        sized = tiny.qwen_image_sized_pipeline if model_cfg.kind == "qwen_image_random" else tiny.wan21_1p3b_sized_pipeline
+        adapter, kwargs = video_or_image_adapter(model_cfg)
+        model = adapter(sized(device=device).to(dtype=dtype), **kwargs)
+    elif model_cfg.kind in ("qwen_image", "wan"):
+        adapter, kwargs = video_or_image_adapter(model_cfg)
+        model = adapter.from_pretrained(model_cfg.path, device=device, dtype=dtype, **kwargs)
+    else:
+        model = pretrained_adapter(model_cfg, device, dtype)
+    if model_cfg.attention == "xformers":
+        model.pipe.enable_xformers_memory_efficient_attention()
+    return model
+
+
+def pretrained_adapter(model_cfg, device, dtype):
+    """The SD3 / FLUX / SD1 adapter of config.model loaded from model.path."""
+    common = {"guidance_scale": model_cfg.guidance_scale, "resolution": model_cfg.resolution}
     if model_cfg.kind == "sd3":
         from progrpo_fast.models.sd3 import SD3Denoiser as adapter
 
@@ -45,14 +63,29 @@ def build_model(model_cfg, device=None):
         common["max_sequence_length"] = model_cfg.max_sequence_length or 512
     else:
         from progrpo_fast.models.sd1 import SD1Denoiser as adapter
-    model = adapter.from_pretrained(model_cfg.path, device=device, dtype=dtype, **common)
-    if model_cfg.attention == "xformers":
-        model.pipe.enable_xformers_memory_efficient_attention()
-    return model
+    return adapter.from_pretrained(model_cfg.path, device=device, dtype=dtype, **common)
+
+
+def video_or_image_adapter(model_cfg):
+    """(adapter class, its keyword arguments) of the Qwen-Image and Wan kinds of config.model."""
+    if model_cfg.kind in ("qwen_image", "qwen_image_random"):
+        from progrpo_fast.models.qwen_image import QwenImageDenoiser
+
+        return QwenImageDenoiser, {"guidance_scale": model_cfg.guidance_scale, "resolution": model_cfg.resolution,
+                                   "max_sequence_length": model_cfg.max_sequence_length or 512}
+    from progrpo_fast.models.wan import WanDenoiser
+
+    height = model_cfg.resolution or 480
+    width = model_cfg.width or (832 if model_cfg.resolution is None else height)
+    return WanDenoiser, {"guidance_scale": model_cfg.guidance_scale, "num_frames": model_cfg.num_frames or 81, "height": height,
+                         "width": width, "max_sequence_length": model_cfg.max_sequence_length or 512}
 
 
 def build_reward(config):
-    from progrpo_fast.rewards import WeightedReward, build_reward as make
+    """The weighted reward of config.reward; for video models each image reward scores every
+    reward.frame_stride-th frame (FrameReward)."""
+    from progrpo_fast.rewards import FrameReward, WeightedReward, build_reward as make
+    from progrpo_fast.train.config import VIDEO_KINDS
 
     rewards = {}
     for name in config.reward.weights:
@@ -61,7 +94,10 @@ def build_reward(config):
             kwargs["path"] = config.reward.paths[name]
         if name == "http":
             kwargs["url"] = config.reward.http_url
-        rewards[name] = make(name, **kwargs)
+        reward = make(name, **kwargs)
+        if config.model.kind in VIDEO_KINDS and not reward.accepts_video:
+            reward = FrameReward(reward, config.reward.frame_stride)
+        rewards[name] = reward
     return WeightedReward(dict(config.reward.weights), rewards)
 
 
@@ -70,7 +106,7 @@ TRAIN_PROMPT_STREAM, EVAL_PROMPT_STREAM, POOL_STREAM = 100, 1000, 3000
 
 def build_prompts(config, stream: int = TRAIN_PROMPT_STREAM, use_pool: bool = True):
     """prompts(iteration, rank, count): the shapes task's caption sampler (or, with ``use_pool``,
-    its fixed pool, see prompts.pool) or a prompt file, drawn with replacement by a generator keyed
+    its fixed pool, see prompts.pool), the moving-shape video captions ("shapes_video") or a prompt file, drawn with replacement by a generator keyed
     by (seed, iteration, stream + rank); the held-out evaluation prompts use their own stream."""
     seed = config.train.seed
     if config.prompts.source == "shapes":
@@ -85,6 +121,14 @@ def build_prompts(config, stream: int = TRAIN_PROMPT_STREAM, use_pool: bool = Tr
             return [caption(sample_scene(gen)) for _ in range(count)]
 
         return shapes_prompts
+    if config.prompts.source == "shapes_video":
+        from progrpo_fast.tasks.shapes_video import moving_caption, sample_moving_scene
+
+        def moving_shapes_prompts(iteration, rank, count):
+            gen = torch.Generator().manual_seed(iteration_seed(seed, iteration, stream + rank))
+            return [moving_caption(sample_moving_scene(gen)) for _ in range(count)]
+
+        return moving_shapes_prompts
     lines = [line.strip() for line in Path(config.prompts.source).read_text().splitlines() if line.strip()]
     if not lines:
         raise ValueError(f"prompts.source={config.prompts.source!r} holds no prompt (one per line expected)")
@@ -192,7 +236,7 @@ def evaluate(config, model, reward, held_out: bool = False) -> dict:
     # its own trajectory ids (no training stride): every method of a paired comparison sees the same noise
     sampler = ExpandPruneSampler.from_config(model, schedule, dataclasses.replace(config.sampler, trajectory_id_stride=None))
     rollout = sampler.sample(prompts, seed=iteration_seed(config.train.seed, 0, EVAL_PROMPT_STREAM))
-    images = model.decode(rollout.final_latents)
+    images = model.decode(rollout.final_latents.to(model.device))
     rewards = score_images(reward, images, rollout.row_prompts)[1].view(count, per_prompt)
     return {"reward_mean": float(rewards.mean()), "rewards": rewards.cpu(), "images": images.cpu(), "prompts": prompts}
 
@@ -213,15 +257,16 @@ def evaluation_summary(results: dict[str, dict], when: str, iteration: int) -> d
 
 def save_before_after(before: dict, after: dict, path: Path, max_prompts: int = 8, max_samples: int = 8) -> Path:
     """One row per evaluation prompt (the first ``max_prompts``): its first ``max_samples`` samples
-    before training | a blank | the same noise after."""
+    before training | a blank | the same noise after (videos: their middle frame)."""
     per_prompt = before["rewards"].shape[1]
     shown = min(max_samples, per_prompt)
     rows = min(max_prompts, len(before["prompts"]))
-    shape = before["images"].shape[1:]
+    still_before, still_after = (x[:, :, x.shape[2] // 2] if x.dim() == 5 else x for x in (before["images"], after["images"]))
+    shape = still_before.shape[1:]
     tiles = []
     for p in range(rows):
         first = slice(p * per_prompt, p * per_prompt + shown)
-        tiles += [*before["images"][first], torch.ones(shape), *after["images"][first]]
+        tiles += [*still_before[first], torch.ones(shape), *still_after[first]]
     scale = max(1, 128 // shape[-1])
     return save_grid(torch.stack(tiles), path, columns=2 * shown + 1, scale=scale)
 

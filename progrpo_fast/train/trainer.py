@@ -141,6 +141,8 @@ class Trainer:
                              f"(GRPO needs stochastic steps: use method sde, cps or ddim with eta > 0)")
         self.network = model.network
         self._setup_trainable(train)
+        if train.gradient_checkpointing:  # before sharding: FSDP2 units then run inside the checkpointed blocks
+            self.network.enable_gradient_checkpointing()
         if self.dist.sharded:
             fully_shard_network(self.network)
             if self.reference_copy is not None:
@@ -216,7 +218,7 @@ class Trainer:
             timings["proxy_s"] = rollout.proxy_seconds  # part of sample_s
 
         start = synchronized_clock(device)
-        components, weighted = score_images(self.reward, self.model.decode(rollout.final_latents), rollout.row_prompts)
+        components, weighted = score_images(self.reward, self.model.decode(rollout.final_latents.to(device)), rollout.row_prompts)
         if cfg.sampler.static_ovf:
             rollout, components, weighted = self._static_ovf(rollout, components, weighted)
         timings["reward_s"] = synchronized_clock(device) - start
@@ -234,7 +236,7 @@ class Trainer:
         self.last_advantages = advantages  # the survivors' A_i of the latest iteration (read by bench clustering)
 
         start = synchronized_clock(device)
-        stats = self._update(rollout, advantages.to(rollout.latents.device))
+        stats = self._update(rollout, advantages.to(device))
         timings["train_s"] = synchronized_clock(device) - start
         if self.ema is not None:
             self._update_ema()
@@ -261,8 +263,9 @@ class Trainer:
         """Static OVF baseline: keep the exact max-variance K of each group's final rewards."""
         keep = self.schedule.final_group_size
         index = ops.prune_select(weighted, rollout.group_size, keep)
-        rollout.latents, rollout.log_probs, rollout.trajectory_ids, rollout.prompt_index, *values = ops.compact_(
-            index, rollout.latents, rollout.log_probs, rollout.trajectory_ids, rollout.prompt_index, *rollout.cond.values())
+        rollout.latents = ops.compact_(index.to(rollout.latents.device), rollout.latents)
+        rollout.log_probs, rollout.trajectory_ids, rollout.prompt_index, *values = ops.compact_(
+            index, rollout.log_probs, rollout.trajectory_ids, rollout.prompt_index, *rollout.cond.values())
         rollout.cond = dict(zip(rollout.cond, values))
         rollout.group_size = keep
         return rollout, {k: v[index] for k, v in components.items()}, weighted[index]
@@ -284,7 +287,7 @@ class Trainer:
     def _update(self, rollout: Rollout, advantages: torch.Tensor) -> dict:
         train = self.config.train
         steps = self.trained_steps(self.iteration)
-        rows, device = rollout.latents.shape[0], rollout.latents.device
+        rows, device = rollout.latents.shape[0], advantages.device
         gen = torch.Generator().manual_seed(iteration_seed(train.seed, self.iteration, 2))
         epochs = [list(torch.randperm(rows, generator=gen).to(device).split(train.minibatch_rows)) for _ in range(train.inner_epochs)]
         stats = {}
@@ -303,8 +306,8 @@ class Trainer:
                 for rows_idx in chunk:
                     cond = {name: value[rows_idx] for name, value in rollout.cond.items()}
                     for step in steps:
-                        out = self.step_objective(step, rollout.latents[rows_idx, step], rollout.latents[rows_idx, step + 1],
-                                                  old_log_probs[rows_idx, step], advantages[rows_idx], cond)
+                        x, x_next = recorded_transition(rollout, rows_idx, step)
+                        out = self.step_objective(step, x, x_next, old_log_probs[rows_idx, step], advantages[rows_idx], cond)
                         (out.total / (len(steps) * len(chunk))).backward()
                         if updates == 0:  # before the first optimizer step: the weights that sampled
                             drift.add(out.log_prob.detach(), old_log_probs[rows_idx, step])
@@ -333,7 +336,7 @@ class Trainer:
         for rows_idx in minibatches:
             cond = {name: value[rows_idx] for name, value in rollout.cond.items()}
             for step in steps:
-                x, x_next = rollout.latents[rows_idx, step], rollout.latents[rows_idx, step + 1]
+                x, x_next = recorded_transition(rollout, rows_idx, step)
                 with self.autocast():
                     out = stepper(step, x, self.model.predict(x, stepper.timesteps[step], cond), x_next=x_next)
                 log_probs[rows_idx, step] = out.log_prob
@@ -419,6 +422,13 @@ class Trainer:
         from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
 
         set_optimizer_state_dict(self.network, self.optimizer, state, options=StateDictOptions(full_state_dict=True))
+
+
+def recorded_transition(rollout: Rollout, rows: torch.Tensor, step: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(x_t, x_{t+1}) of ``rows`` (indices on the model's device) as fp32 on that device; the
+    history may live on the host or in fp16/bf16 (sampler.history_device / history_dtype)."""
+    picked = rollout.latents[rows.to(rollout.latents.device)]
+    return picked[:, step].to(rows.device, torch.float32), picked[:, step + 1].to(rows.device, torch.float32)
 
 
 def write_jsonl(path, record: dict) -> None:
