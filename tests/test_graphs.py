@@ -151,3 +151,25 @@ def test_build_sampler_follows_sampler_cuda_graphs():
         build_sampler(model, plan, config, LatentProxy())
     with pytest.raises(ValueError, match="warmup"):
         GraphSampler(model, plan, warmup=0)
+
+
+@pytest.mark.parametrize("history_dtype", [torch.float32, torch.bfloat16])
+def test_graph_sampler_equals_the_eager_sampler_for_video_latents_and_half_histories(history_dtype):
+    from progrpo_fast.models.tiny import tiny_wan_pipeline
+    from progrpo_fast.models.wan import WanDenoiser
+
+    pipe = tiny_wan_pipeline()
+    pipe.set_progress_bar_config(disable=True)
+    model = WanDenoiser(pipe, num_frames=9, height=32, width=32, max_sequence_length=16)
+    plan = PruneSchedule.from_string("4:1=3,2=2@4")
+    eager = ExpandPruneSampler(model, plan, LatentProxy(grid=2), history_dtype=history_dtype)
+    graphed = GraphSampler(model, plan, LatentProxy(grid=2), history_dtype=history_dtype)
+    got = graphed.sample(PROMPTS, seed=4)
+    assert got.latents.dtype == history_dtype and got.latents.dim() == 6  # (n, T+1, C, F, H, W)
+    assert_same_rollout(got, eager.sample(PROMPTS, seed=4))
+
+
+def test_graph_sampler_refuses_an_offloaded_history():
+    model = sd3()
+    with pytest.raises(ValueError, match="keeps the rollout history on the model's device"):
+        GraphSampler(model, PruneSchedule.from_string("4:2=2@4"), history_device="meta")
