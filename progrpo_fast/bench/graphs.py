@@ -96,14 +96,14 @@ def measure(name: str, calls: int, device: torch.device, dtype: torch.dtype, sch
            "prune_fraction": statistics.median(r.proxy_seconds for r in eager_rollouts) / statistics.median(eager_s)}
     best = row["eager_s"]
     if graphs:
-        sampler = GraphSampler(model, pruned, LatentProxy())
+        sampler = GraphSampler(model, pruned, LatentProxy(), warmup=1)
         graph_s, capture_s, _ = time_calls(sampler, prompts, calls)
         best = statistics.median(graph_s)
         row.update(graph_s=best, graph_min_s=min(graph_s), graph_max_s=max(graph_s), graph_speedup=row["eager_s"] / best,
                    capture_s=capture_s, pool_mib=sampler.capture_memory[-1] / 2**20)
     else:
         row.update(graph_s="needs CUDA", graph_speedup="needs CUDA", capture_s="needs CUDA", pool_mib="needs CUDA")
-    naive_sampler = (GraphSampler if graphs else ExpandPruneSampler)(model, naive, LatentProxy())
+    naive_sampler = GraphSampler(model, naive, LatentProxy(), warmup=1) if graphs else ExpandPruneSampler(model, naive, LatentProxy())
     naive_s = statistics.median(time_calls(naive_sampler, prompts, calls)[0])
     ideal = naive.trajectory_steps() / pruned.trajectory_steps()
     row.update(naive_schedule=str(naive), naive_s=naive_s, pruned_speedup=naive_s / best, ideal_speedup=ideal,
