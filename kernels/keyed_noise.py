@@ -57,10 +57,9 @@ def _cos_sin_quarter(phi):
     p2 = phi * phi
     cos = tl.full(phi.shape, 1.0, tl.float32)
     sin = tl.full(phi.shape, 1.0, tl.float32)
-    for i in tl.static_range(7):
-        n: tl.constexpr = 14 - 2 * i
-        cos = 1 - p2 * (1.0 / (n * (n - 1))) * cos
-        sin = 1 - p2 * (1.0 / ((n + 1) * n)) * sin
+    for i in tl.static_range(7):  # n = 14 - 2i: cos takes 1 / (n (n - 1)), sin 1 / ((n + 1) n)
+        cos = 1 - p2 * (1.0 / ((14 - 2 * i) * (13 - 2 * i))) * cos
+        sin = 1 - p2 * (1.0 / ((15 - 2 * i) * (14 - 2 * i))) * sin
     return cos, phi * sin
 
 

@@ -50,3 +50,33 @@ def test_sqrt_rn_is_correctly_rounded():
     np = pytest.importorskip("numpy")
     x = torch.cat([torch.rand(200_000) * 10, torch.rand(1000) * 1e-30, torch.tensor([0.0, 1.0, 4.0, 2.0, 3.4e38])])
     assert torch.equal(_sqrt_rn(x), torch.from_numpy(np.sqrt(x.numpy())))  # NumPy's fp32 sqrt is IEEE's
+
+
+AOT_CHECK = """
+import importlib
+import triton
+from triton.backends.compiler import GPUTarget
+from triton.compiler import ASTSource
+module = importlib.import_module("progrpo_fast.kernels.keyed_noise")
+signature = {"out_ptr": "*fp32", "traj_ptr": "*i64", "seed_ptr": "*i64", "step": "i32", "per_row": "i32", "BLOCK": "constexpr"}
+source = ASTSource(fn=module._keyed_noise_kernel, signature=signature, constexprs={"BLOCK": 1024})
+for fusion in (False, True):
+    ptx = triton.compile(source, target=GPUTarget("cuda", 90, 32), options={"enable_fp_fusion": fusion}).asm["ptx"]
+    print(fusion, ptx.count("fma.rn.f32"), ptx.count("div.rn.f32"), ptx.count("sqrt.rn.f32"), ptx.count("mul.f32") + ptx.count("add.f32"), ptx.count(".approx"))
+"""
+
+
+def test_the_kernel_compiles_for_hopper_without_fma_contraction():
+    """Compiled for sm_90 here (Triton's own ptxas; no GPU needed), as launched (enable_fp_fusion=False):
+    no FMA, correctly rounded div and sqrt, every mul/add with .rn (so ptxas cannot contract it either),
+    no approximate ops; with fusion on, Triton would emit FMAs, which is why the launch turns it off."""
+    import subprocess
+    import sys
+
+    env = {**os.environ, "TRITON_INTERPRET": "0"}
+    done = subprocess.run([sys.executable, "-c", AOT_CHECK], capture_output=True, text=True, env=env, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    (unfused, fused) = [tuple(int(v) for v in line.split()[1:]) for line in done.stdout.splitlines()[-2:]]
+    fma, div, sqrt, unrounded, approx = unfused
+    assert fma == 0 and div > 0 and sqrt > 0 and unrounded == 0 and approx == 0, unfused
+    assert fused[0] > 0, "with fp fusion on Triton contracts multiply-adds: the launch must keep it off"
