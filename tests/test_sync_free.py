@@ -1,17 +1,19 @@
-"""Between its first step and its return a sampling call reads nothing back to the host: every
-Tensor -> Python conversion raises inside sample() (prompt encoding, which tokenizes on the host,
-runs before the first step and is exempt). On CUDA each such conversion would be a host sync."""
+"""Between its first step and its return a sampling call reads nothing back to the host. Inside
+sample() every Tensor -> Python conversion raises, and so does every op whose output shape depends
+on tensor values (nonzero, masked_select, boolean-mask indexing, unique, ...: each a host sync on
+CUDA). Prompt encoding, which tokenizes on the host, runs before the first step and is exempt."""
 from __future__ import annotations
 
 import contextlib
 
 import pytest
 import torch
+from torch.overrides import TorchFunctionMode
 
 from progrpo_fast.models.flux import FluxDenoiser
+from progrpo_fast.models.qwen_image import QwenImageDenoiser
 from progrpo_fast.models.sd1 import SD1Denoiser
 from progrpo_fast.models.sd3 import SD3Denoiser
-from progrpo_fast.models.qwen_image import QwenImageDenoiser
 from progrpo_fast.models.tiny import tiny_flux_pipeline, tiny_qwen_image_pipeline, tiny_sd1_pipeline, tiny_sd3_pipeline, tiny_wan_pipeline
 from progrpo_fast.models.wan import WanDenoiser
 from progrpo_fast.sampling import PruneSchedule
@@ -20,14 +22,46 @@ from progrpo_fast.sampling.proxies import HiddenProbeProxy, LatentProxy, ProbePr
 from progrpo_fast.sampling.sampler import ExpandPruneSampler
 
 CONVERSIONS = ("item", "tolist", "__bool__", "__int__", "__float__", "__index__", "numpy")
+DATA_DEPENDENT = {torch.nonzero, torch.Tensor.nonzero, torch.argwhere, torch.Tensor.argwhere, torch.masked_select,
+                  torch.Tensor.masked_select, torch.unique, torch.Tensor.unique, torch.unique_consecutive,
+                  torch.Tensor.unique_consecutive, torch.equal, torch.Tensor.equal, torch.Tensor.cpu}
 PROMPTS = ["a red circle", "two blue squares"]
 
 
+def data_dependent(func, args, kwargs) -> bool:
+    """Whether the call's output shape (or result) depends on tensor values."""
+    if func in DATA_DEPENDENT:
+        return True
+    if func in (torch.Tensor.__getitem__, torch.Tensor.__setitem__):
+        index = args[1] if isinstance(args[1], tuple) else (args[1],)
+        return any(isinstance(i, torch.Tensor) and i.dtype == torch.bool for i in index)
+    if func is torch.where:
+        return len(args) + len(kwargs) == 1  # where(condition) is nonzero
+    if func in (torch.repeat_interleave, torch.Tensor.repeat_interleave):
+        repeats = args[1] if len(args) > 1 else kwargs.get("repeats")
+        return isinstance(repeats, torch.Tensor) and repeats.numel() > 1
+    return False
+
+
+class DataDependentOps(TorchFunctionMode):
+    def __init__(self):
+        super().__init__()
+        self.enabled = True
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        if self.enabled and data_dependent(func, args, kwargs):
+            raise AssertionError(f"{getattr(func, '__qualname__', func)} inside a sampling call (its output shape needs a host sync on CUDA)")
+        return func(*args, **kwargs)
+
+
 class HostConversionGuard:
-    """While active, every Tensor -> Python conversion raises; ``allowed()`` lifts it for a block."""
+    """While active, every Tensor -> Python conversion and every data-dependent op raises;
+    ``allowed()`` lifts both for a block."""
 
     def __init__(self):
         self.saved = {name: getattr(torch.Tensor, name) for name in CONVERSIONS}
+        self.ops = DataDependentOps()
 
     def _forbid(self):
         def raiser(name):
@@ -37,16 +71,19 @@ class HostConversionGuard:
 
         for name in CONVERSIONS:
             setattr(torch.Tensor, name, raiser(name))
+        self.ops.enabled = True
 
     def _restore(self):
         for name, method in self.saved.items():
             setattr(torch.Tensor, name, method)
+        self.ops.enabled = False
 
     @contextlib.contextmanager
     def active(self):
         self._forbid()
         try:
-            yield self
+            with self.ops:
+                yield self
         finally:
             self._restore()
 
@@ -70,11 +107,17 @@ def guarded_encode(model, guard):
     return model
 
 
-def test_guard_catches_a_conversion():
+def test_guard_catches_conversions_and_data_dependent_ops():
     guard = HostConversionGuard()
-    with guard.active(), pytest.raises(AssertionError, match="Tensor.item"):
-        torch.ones(()).item()
-    assert torch.ones(()).item() == 1.0
+    x = torch.arange(4.0)
+    for call, what in ((lambda: x[0].item(), "Tensor.item"), (lambda: bool(x.sum()), "Tensor.__bool__"), (lambda: x[x > 1], "__getitem__"),
+                       (lambda: torch.nonzero(x), "nonzero"), (lambda: x.masked_select(x > 1), "masked_select"),
+                       (lambda: torch.where(x > 1), "where"), (lambda: x.repeat_interleave(torch.tensor([1, 2, 0, 1])), "repeat_interleave")):
+        with guard.active(), pytest.raises(AssertionError, match=what):
+            call()
+    with guard.active():
+        x[torch.tensor([0, 2])], torch.where(x > 1, x, 0), x.repeat_interleave(2)  # static shapes pass
+    assert x[0].item() == 0.0 and x[x > 1].numel() == 2
 
 
 def fitted(proxy, model, schedule, method):
