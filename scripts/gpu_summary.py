@@ -71,6 +71,11 @@ def main() -> None:
             rows.append([f"iteration time {row['method']} / {naive}", f"{row['time_vs_first_naive']:.3f} ({row['time_vs_first_naive_range']})",
                          "<= 0.74 (reward proxy)" if row["method"] == "pro-grpo-reward" else "-",
                          verdict(row["time_vs_first_naive"], lambda r: r <= 0.74) if row["method"] == "pro-grpo-reward" else "-"])
+    if throughput is not None:  # the throughput table as Markdown beside its JSON
+        from progrpo_fast.bench.results import markdown_table
+        from progrpo_fast.bench.throughput import COLUMNS
+
+        (results / f"throughput_{tag}.md").write_text(markdown_table(throughput["rows"], COLUMNS) + "\n")
     device = next((d["machine"]["device"] for d in (graphs, throughput) if d), "?")
     title = f"GPU check ({tag}) on {device}"
     if tag == "dryrun":  # toy sizes on a CPU: the stages ran, the numbers decide nothing
