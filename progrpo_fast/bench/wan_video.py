@@ -135,6 +135,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     parser.add_argument("--proxy", choices=["latent", "reward", "random"], default="latent")
     parser.add_argument("--naive", default=METHODS["naive"], help=f"naive GRPO schedule (default {METHODS['naive']})")
     parser.add_argument("--pro-grpo", dest="pro_grpo", default=METHODS["pro-grpo"], help=f"Pro-GRPO schedule (default {METHODS['pro-grpo']})")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="torch CPU threads (1 keeps CPU time free of other processes' load: no spin-waiting for a descheduled peer)")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE", help="config overrides")
     parser.add_argument("--out", default="benchmarks/results", help="folder of wan_video_{cpu,cuda}.{csv,json}")
     return parser
@@ -144,6 +146,8 @@ def run_from_args(args: argparse.Namespace, command: str) -> list[dict]:
     """Runs the benchmark of parsed ``add_arguments`` options, writes its CSV/JSON, prints the table."""
     from progrpo_fast.benchmark import markdown_table, write_results
 
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
     rows = run(frames=tuple(args.frames), iterations=args.iterations, methods={"naive": args.naive, "pro-grpo": args.pro_grpo},
                model=args.model, height=args.height, width=args.width, proxy=args.proxy, dtype=args.dtype, overrides=args.overrides)
     kind = "cuda" if torch.cuda.is_available() else "cpu"
