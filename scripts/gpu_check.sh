@@ -6,6 +6,7 @@
 #
 #   bash scripts/gpu_check.sh             # on one H100/H200: under 8 minutes
 #   bash scripts/gpu_check.sh --dry-run   # every stage at toy size on a CPU (under a minute; CI runs it)
+#   GPU_CHECK_VIDEO=1 bash scripts/gpu_check.sh   # also Wan2.1-1.3B-sized video GRPO (about 2 minutes more)
 #
 # The machine's own torch (a CUDA build) is used as it is. A machine without network and without
 # diffusers gets it from wheels carried in .whl/ (ignored by git), made beforehand on a machine
@@ -82,6 +83,13 @@ else
               --set model.dtype=bf16 --methods naive-24,pro-grpo-latent,pro-grpo-reward --rounds 2)
 fi
 "$PYTHON" -m progrpo_fast bench throughput "${THROUGHPUT[@]}" --set reward.paths.pickscore=$PICKSCORE --tag "$TAG" --out "$RESULTS"
+
+if [[ "${GPU_CHECK_VIDEO:-0}" == 1 ]]; then  # optional (about 2 more minutes on an H200): Wan2.1-1.3B-sized video GRPO
+  stage "video: Pro-GRPO vs naive GRPO on Wan"
+  if [[ $DRY_RUN == 1 ]]; then VIDEO=(--frames 5 --iterations 1 --height 16 --width 16); else
+    VIDEO=(--model wan21_1p3b_random --frames 33 --height 240 --width 416 --dtype bf16 --iterations 2); fi
+  "$PYTHON" -m progrpo_fast bench wan_video "${VIDEO[@]}" --tag "$TAG" --out "$RESULTS"
+fi
 
 stage "summary"
 "$PYTHON" scripts/gpu_summary.py "$RESULTS" "$TAG"

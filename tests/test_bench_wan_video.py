@@ -14,7 +14,7 @@ def test_paired_ratio_mean_and_student_t_interval():
 
 
 def test_run_reports_each_method_with_its_trajectory_step_ratio():
-    rows = wan_video.run(frames=(5,), iterations=2, methods={"naive": "4@5", "pro-grpo": "8:2=4,3=2@5"}, height=16, width=16,
+    rows = wan_video.measure(frames=(5,), iterations=2, methods={"naive": "4@5", "pro-grpo": "8:2=4,3=2@5"}, height=16, width=16,
                          progress=lambda line: None)
     naive, pro = rows
     assert (naive["method"], pro["method"]) == ("naive", "pro-grpo") and naive["latent_shape"] == "4x2x4x4"
@@ -26,4 +26,4 @@ def test_run_reports_each_method_with_its_trajectory_step_ratio():
 
 def test_methods_need_a_naive_baseline():
     with pytest.raises(ValueError, match="methods must include 'naive'"):
-        wan_video.run(methods={"pro-grpo": "8:2=4@4"})
+        wan_video.measure(methods={"pro-grpo": "8:2=4@4"})

@@ -20,6 +20,7 @@ BENCHMARKS = {
     "snr": "progrpo_fast.bench.snr",
     "clustering": "progrpo_fast.bench.clustering",
     "graphs": "progrpo_fast.bench.graphs",
+    "wan_video": "progrpo_fast.bench.wan_video",
 }
 
 

@@ -1,8 +1,8 @@
 """Video benchmark: time per GRPO iteration of Pro-GRPO against naive GRPO on a Wan model, with
 the trajectory-step ratio beside it.
 
-    python -m progrpo_fast.bench.wan_video                                   # CPU: tiny Wan, 9 and 17 frames
-    python -m progrpo_fast.bench.wan_video --model wan21_1p3b_random --frames 33 --height 240 --width 416   # GPU
+    progrpo-fast bench wan_video                                   # CPU: tiny Wan, 9 and 17 frames
+    progrpo-fast bench wan_video --model wan21_1p3b_random --frames 33 --height 240 --width 416   # GPU
 
 Both methods train the moving-shape video task (``progrpo_fast.tasks.shapes_video``; reward
 moving_shapes + 0.1 temporal_consistency) from the same weights with the same seed, so iteration i
@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import math
 import statistics
-import sys
 import time
 from pathlib import Path
 
@@ -63,7 +62,7 @@ def build_model(kind: str, frames: int, height: int, width: int, device: str, dt
                        max_sequence_length=16 if kind == "tiny" else 512)
 
 
-def run(frames=(9, 17), iterations: int = 5, methods: dict[str, str] = METHODS, model: str = "tiny", height: int = 32, width: int = 32,
+def measure(frames=(9, 17), iterations: int = 5, methods: dict[str, str] = METHODS, model: str = "tiny", height: int = 32, width: int = 32,
         proxy: str = "latent", device: str | None = None, dtype: str = "fp32", overrides=(), progress=print) -> list[dict]:
     """One row per (frame count, method); see the module doc."""
     from progrpo_fast.train.config import load_config
@@ -125,7 +124,10 @@ def _total(metrics: dict) -> float:
     return metrics["sample_s"] + metrics["reward_s"] + metrics["train_s"]
 
 
-def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+DESCRIPTION = "Pro-GRPO vs naive GRPO iteration time on a Wan video model (paired iterations, trajectory-step ratio)"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--frames", type=int, nargs="+", default=[9, 17], help="pixel frames per video, each 4k + 1 (default: 9 17)")
     parser.add_argument("--iterations", type=int, default=5, help="paired iterations per method after one warm-up (default: 5)")
     parser.add_argument("--model", choices=["tiny", "wan21_1p3b_random"], default="tiny", help="tiny random Wan (CPU) or Wan2.1-1.3B-sized")
@@ -135,32 +137,20 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     parser.add_argument("--proxy", choices=["latent", "reward", "random"], default="latent")
     parser.add_argument("--naive", default=METHODS["naive"], help=f"naive GRPO schedule (default {METHODS['naive']})")
     parser.add_argument("--pro-grpo", dest="pro_grpo", default=METHODS["pro-grpo"], help=f"Pro-GRPO schedule (default {METHODS['pro-grpo']})")
-    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE", help="config overrides")
-    parser.add_argument("--out", default="benchmarks/results", help="folder of wan_video_{cpu,cuda}.{csv,json}")
-    return parser
+    parser.add_argument("--threads", type=int, default=None,
+                        help="torch CPU threads (1 keeps CPU time free of other processes' load: no spin-waiting for a descheduled peer)")
 
 
-def run_from_args(args: argparse.Namespace, command: str) -> list[dict]:
-    """Runs the benchmark of parsed ``add_arguments`` options, writes its CSV/JSON, prints the table."""
-    from progrpo_fast.benchmark import markdown_table, write_results
+def run(args: argparse.Namespace, command: str, tag: str) -> Path:
+    """Runs the benchmark of parsed ``add_arguments`` options, writes wan_video_TAG.{csv,json}, prints the table."""
+    from progrpo_fast.bench.results import markdown_table, write_results
 
-    rows = run(frames=tuple(args.frames), iterations=args.iterations, methods={"naive": args.naive, "pro-grpo": args.pro_grpo},
-               model=args.model, height=args.height, width=args.width, proxy=args.proxy, dtype=args.dtype, overrides=args.overrides)
-    kind = "cuda" if torch.cuda.is_available() else "cpu"
-    path = write_results(Path(args.out), f"wan_video_{kind}", rows, command)
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
+    rows = measure(frames=tuple(args.frames), iterations=args.iterations, methods={"naive": args.naive, "pro-grpo": args.pro_grpo},
+                   model=args.model, height=args.height, width=args.width, proxy=args.proxy, dtype=args.dtype, overrides=args.overrides)
+    path = write_results(Path(args.out), f"wan_video_{tag}", rows, command)
     gpu_only, cpu_only = {"peak_memory_mib"}, {"cpu_s", "cpu_vs_naive", "cpu_vs_naive_ci95"}
-    columns = {k: v for k, v in COLUMNS.items() if k not in (cpu_only if kind == "cuda" else gpu_only)}
+    columns = {k: v for k, v in COLUMNS.items() if k not in (cpu_only if torch.cuda.is_available() else gpu_only)}
     print(markdown_table(rows, columns))
-    print(f"wrote {path}")
-    return rows
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = add_arguments(argparse.ArgumentParser(prog="python -m progrpo_fast.bench.wan_video", description=__doc__.split("\n\n")[0]))
-    argv = sys.argv[1:] if argv is None else argv
-    run_from_args(parser.parse_args(argv), "python -m progrpo_fast.bench.wan_video " + " ".join(argv))
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())
+    return path

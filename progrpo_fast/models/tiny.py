@@ -1,5 +1,7 @@
-"""Tiny random-weight diffusers pipelines (SD3, FLUX, SD1.x) built from configs, for tests and
-for timing code paths without downloads. A word-level tokenizer stands in for CLIP's and T5's."""
+"""Tiny random-weight diffusers pipelines (SD3, FLUX, SD1.x, Qwen-Image, Wan) built from configs,
+for tests and for timing code paths without downloads, and random-weight pipelines at published
+sizes (SD3.5-Medium, Qwen-Image, Wan2.1-T2V-1.3B) for GPU throughput. Word-level tokenizers stand in
+for CLIP's, T5's, UMT5's and Qwen2's."""
 from __future__ import annotations
 
 import torch
