@@ -421,7 +421,7 @@ def test_public_ops_dispatch_to_triton():
 
 
 def test_exports():
-    assert sorted(K.__all__) == sorted(["pool_latents", "group_variance", "ovf_select", "variance_select", "prune_select", "compact_"])
+    assert sorted(K.__all__) == sorted(["pool_latents", "group_variance", "keyed_noise", "ovf_select", "variance_select", "prune_select", "compact_"])
 
 
 # ----------------------------------------------------------------------------- GPU only
