@@ -36,7 +36,19 @@ def info() -> dict[str, str]:
     return rows
 
 
+def quiet_third_party() -> None:
+    """Hides transformers' and diffusers' warnings (e.g. the torchvision fallback notes) and their
+    model-loading progress bars; ``-v`` keeps them."""
+    from diffusers.utils import logging as diffusers_logging
+    from transformers.utils import logging as transformers_logging
+
+    for library in (transformers_logging, diffusers_logging):
+        library.set_verbosity_error()
+        library.disable_progress_bar()
+
+
 def add_config_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("-v", "--verbose", action="store_true", help="also show third-party warnings and model-loading progress bars")
     parser.add_argument("--config", default=None, help="a preset name (see progrpo_fast/configs) or a YAML file; default: the built-in shapes task")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="override a config value, e.g. --set train.lr=1e-4 (repeatable)")
@@ -117,6 +129,8 @@ def main(argv: list[str] | None = None) -> int:
             print(f"progrpo-fast bench: error: {err}", file=sys.stderr)
             return 2
     args = parser.parse_args(argv)
+    if not getattr(args, "verbose", False):
+        quiet_third_party()
     if args.command == "info":
         rows = info()
         width = max(map(len, rows))

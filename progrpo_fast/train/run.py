@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import random
 import time
 from pathlib import Path
@@ -119,13 +120,28 @@ def evaluation_prompts(config, held_out: bool) -> list[str]:
     return build_prompts(config, EVAL_PROMPT_STREAM, use_pool=False)(0, 0, config.log.eval_prompts)
 
 
-class Loggers:
-    """JSONL always; TensorBoard and W&B when enabled and installed (a clear note otherwise)."""
+def logged_iteration(line: str) -> float:
+    """The iteration of one log.jsonl line; inf for a blank or torn (partly written) line."""
+    try:
+        return json.loads(line)["iteration"]
+    except (json.JSONDecodeError, KeyError, TypeError):
+        return math.inf
 
-    def __init__(self, config, out_dir: Path, resume: bool):
+
+class Loggers:
+    """JSONL always; TensorBoard and W&B when enabled and installed (a clear note otherwise).
+    ``resumed_at``: the iteration a resumed run continues from (log.jsonl keeps the iterations
+    before it, so iterations a crash ran past the checkpoint are not logged twice); None: a new run."""
+
+    def __init__(self, config, out_dir: Path, resumed_at: int | None):
         self.jsonl = out_dir / "log.jsonl"
-        if not resume and self.jsonl.exists():
-            self.jsonl.unlink()
+        if resumed_at is None:
+            self.jsonl.unlink(missing_ok=True)
+        elif self.jsonl.exists():
+            kept = [line for line in self.jsonl.read_text().splitlines() if logged_iteration(line) < resumed_at]
+            tmp = self.jsonl.with_suffix(".jsonl.tmp")
+            tmp.write_text("".join(line + "\n" for line in kept))
+            tmp.replace(self.jsonl)
         self.tensorboard = self.wandb = None
         if config.log.tensorboard:
             try:
@@ -211,23 +227,55 @@ def evaluation_summary(results: dict[str, dict], when: str, iteration: int) -> d
     return {f"eval_{when}{key}": {"iteration": iteration, "reward_mean": result["reward_mean"]} for key, result in results.items()}
 
 
-def save_before_after(before: dict, after: dict, path: Path, max_prompts: int = 8, max_samples: int = 8) -> Path:
-    """One row per evaluation prompt (the first ``max_prompts``): its first ``max_samples`` samples
-    before training | a blank | the same noise after."""
+def save_before_after(before: dict, after: dict, path: Path, iterations: tuple[int, int], max_prompts: int = 8, max_samples: int = 8) -> Path:
+    """A labelled grid: per evaluation prompt (the first ``max_prompts``) its caption, then its first
+    ``max_samples`` samples before training | the same noise after, each with its reward in its
+    corner; a header names both sides (at ``iterations``) and their mean rewards."""
+    from PIL import Image, ImageDraw, ImageFont
+
     per_prompt = before["rewards"].shape[1]
-    shown = min(max_samples, per_prompt)
-    rows = min(max_prompts, len(before["prompts"]))
-    shape = before["images"].shape[1:]
-    tiles = []
+    shown, rows = min(max_samples, per_prompt), min(max_prompts, len(before["prompts"]))
+    scale = max(1, 128 // before["images"].shape[-1])
+    tile = before["images"].shape[-1] * scale
+    gap, band, header = tile // 4, 18, 22
+    width = 2 * shown * tile + gap
+    canvas = Image.new("RGB", (width, header + rows * (band + tile)), "white")
+    draw, font = ImageDraw.Draw(canvas), ImageFont.load_default(size=13)
+    for side, (result, iteration) in enumerate(zip((before, after), iterations)):
+        left = side * (shown * tile + gap)
+        title = f"{'before' if side == 0 else 'after'}: iteration {iteration}, mean reward {float(result['rewards'].mean()):.3f}"
+        draw.text((left + 4, 4), title, fill="black", font=font)
+        for p in range(rows):
+            top = header + p * (band + tile) + band
+            for j in range(shown):
+                image = result["images"][p * per_prompt + j]
+                array = (image.clamp(0, 1) * 255).round().byte().permute(1, 2, 0).cpu().numpy()
+                x = left + j * tile
+                canvas.paste(Image.fromarray(array).resize((tile, tile), Image.NEAREST), (x, top))
+                label = f"{float(result['rewards'][p, j]):.2f}"
+                box = draw.textbbox((x + 2, top + 1), label, font=font)
+                draw.rectangle(box, fill="black")
+                draw.text((x + 2, top + 1), label, fill="white", font=font)
     for p in range(rows):
-        first = slice(p * per_prompt, p * per_prompt + shown)
-        tiles += [*before["images"][first], torch.ones(shape), *after["images"][first]]
-    scale = max(1, 128 // shape[-1])
-    return save_grid(torch.stack(tiles), path, columns=2 * shown + 1, scale=scale)
+        draw.text((4, header + p * (band + tile) + 2), before["prompts"][p], fill="black", font=font)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    canvas.save(path)
+    return path
 
 
-def plot_reward_curve(jsonl: Path, out_png: Path) -> Path | None:
-    """reward_mean per iteration from the JSONL log -> PNG (None when matplotlib is missing)."""
+def smoothed(values: list[float], window: int) -> list[float]:
+    """Trailing moving average over up to ``window`` values."""
+    out, total = [], 0.0
+    for i, value in enumerate(values):
+        total += value - (values[i - window] if i >= window else 0.0)
+        out.append(total / min(i + 1, window))
+    return out
+
+
+def plot_reward_curve(jsonl: Path, out_png: Path, evaluations: dict[str, list[tuple[int, float]]] | None = None) -> Path | None:
+    """The survivors' mean reward per iteration (and its moving average over 10 iterations) from
+    the JSONL log, with ``evaluations`` (label -> [(iteration, reward)]) as marked lines -> PNG
+    (None when matplotlib is missing)."""
     try:
         import matplotlib
 
@@ -237,13 +285,17 @@ def plot_reward_curve(jsonl: Path, out_png: Path) -> Path | None:
         print("[progrpo-fast] matplotlib is not installed: no reward-curve PNG (pip install matplotlib)")
         return None
     records = [json.loads(line) for line in jsonl.read_text().splitlines() if line.strip()]
-    its = [r["iteration"] for r in records]
-    fig, ax = plt.subplots(figsize=(6, 3.5), dpi=120)
-    ax.plot(its, [r["reward_mean"] for r in records], label="survivors' mean reward")
+    its, rewards = [r["iteration"] + 1 for r in records], [r["reward_mean"] for r in records]
+    fig, ax = plt.subplots(figsize=(6.5, 3.8), dpi=120)
+    line, = ax.plot(its, rewards, lw=0.8, alpha=0.35, label="rollouts: survivors' mean reward")
+    ax.plot(its, smoothed(rewards, 10), color=line.get_color(), lw=2, label="rollouts, moving average of 10")
+    for i, (label, points) in enumerate((evaluations or {}).items()):
+        if points:
+            ax.plot(*zip(*sorted(points)), marker="o", color=f"C{i + 1}", label=label)
     ax.set_xlabel("iteration")
     ax.set_ylabel("reward")
     ax.grid(alpha=0.3)
-    ax.legend()
+    ax.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(out_png)
     plt.close(fig)
@@ -271,7 +323,7 @@ def train(config, resume: bool = False, model=None, reward=None) -> dict:
             print(f"[progrpo-fast] resumed from iteration {trainer.iteration} ({store.directory})")
     main_rank = dist.rank == 0
     evaluates = bool(config.log.eval_prompts) and (main_rank or dist.sharded)  # a sharded network needs every rank
-    loggers = Loggers(config, out_dir, resume) if main_rank else None
+    loggers = Loggers(config, out_dir, trainer.iteration if resume else None) if main_rank else None
     bar = tqdm(total=config.train.iterations, initial=trainer.iteration, disable=not (config.log.progress and main_rank),
                desc="Pro-GRPO", unit="it")
     summary = {}
@@ -282,8 +334,9 @@ def train(config, resume: bool = False, model=None, reward=None) -> dict:
     while trainer.iteration < config.train.iterations:
         metrics = trainer.train_iteration()
         every = config.log.eval_every
-        if evaluates and every and trainer.iteration % every == 0:
-            metrics["eval_reward"] = evaluate(config, model, reward)["reward_mean"]
+        if evaluates and every and trainer.iteration % every == 0 and trainer.iteration < config.train.iterations:  # the last: eval_after
+            for key, result in evaluations(config, model, reward).items():
+                metrics["eval_reward" + key] = result["reward_mean"]
         history.append(metrics)
         due = trainer.iteration % config.log.checkpoint_every == 0 or trainer.iteration == config.train.iterations
         state = trainer.state_dict() if due and (main_rank or dist.sharded) else None
@@ -302,12 +355,27 @@ def train(config, resume: bool = False, model=None, reward=None) -> dict:
         summary.update(evaluation_summary(after, "after", trainer.iteration))
     if main_rank:
         loggers.close()
-        summary["reward_curve"] = plot_reward_curve(loggers.jsonl, out_dir / "reward_curve.png")
-        if config.log.eval_prompts:
-            summary["before_after_grid"] = save_before_after(before[""], after[""], out_dir / "before_after.png")
+        summary["reward_curve"] = plot_reward_curve(loggers.jsonl, out_dir / "reward_curve.png", evaluation_curves(config, summary, loggers.jsonl))
+        if evaluates:
+            iterations = (summary["eval_before"]["iteration"], trainer.iteration)
+            summary["before_after_grid"] = save_before_after(before[""], after[""], out_dir / "before_after.png", iterations)
         record = {k: (str(v) if isinstance(v, Path) else v) for k, v in summary.items() if k != "history"}
         (out_dir / "summary.json").write_text(json.dumps(record, indent=2) + "\n")
     return summary
+
+
+def evaluation_curves(config, summary: dict, jsonl: Path) -> dict[str, list[tuple[int, float]]]:
+    """Label -> [(iteration, reward)] of each evaluation: before, every log.eval_every (from the
+    log, earlier runs of a resumed one included) and after."""
+    records = [json.loads(line) for line in jsonl.read_text().splitlines() if line.strip()]
+    curves = {}
+    for key, label in (("", "training-pool captions" if uses_caption_pool(config) else "evaluation prompts"), ("_held_out", "held-out captions")):
+        if "eval_after" + key in summary:
+            before, after = summary["eval_before" + key], summary["eval_after" + key]
+            logged = [(r["iteration"] + 1, r["eval_reward" + key]) for r in records if "eval_reward" + key in r]
+            curves[f"{label} ({config.log.eval_prompts} x {config.log.eval_per_prompt}, fixed noise)"] = [
+                (before["iteration"], before["reward_mean"]), *logged, (after["iteration"], after["reward_mean"])]
+    return curves
 
 
 def trajectory_step_savings(schedule) -> dict:
