@@ -301,3 +301,17 @@ def test_select_methods_keeps_the_named_order_and_rejects_unknown_names():
     assert [m.name for m in select_methods(methods, "naive-16, pro-grpo-reward")] == ["naive-16", "pro-grpo-reward"]
     with pytest.raises(ValueError, match=r"--methods must name one or more of naive-16, naive-4, static-ovf"):
         select_methods(methods, "naive-16,grpo")
+
+
+def test_default_run_benchmark_writes_per_seed_rows_with_standard_errors(tmp_path, capsys):
+    overrides = ["train.iterations=1", "sampler.prompts_per_iteration=1", "train.minibatch_rows=4", "log.eval_prompts=2",
+                 "log.eval_per_prompt=2", "log.eval_every=0", "prompts.pool=4"]
+    argv = ["default", "--seeds", "1", "--out", str(tmp_path), "--runs", str(tmp_path / "runs"), "--tag", "t"]
+    assert bench_main([*argv, *(a for o in overrides for a in ("--set", o))]) == 0
+    payload = json.loads((tmp_path / "default_run_t.json").read_text())
+    (row,) = payload["rows"]
+    assert {"seed", "pool_before", "pool_after", "heldout_before", "heldout_after", "heldout_change_se"} <= set(row) and row["seed"] == 0
+    assert row["heldout_change"] == pytest.approx(row["heldout_after"] - row["heldout_before"]) and row["heldout_change_se"] >= 0
+    assert payload["summary"]["heldout_change_mean"] == pytest.approx(row["heldout_change"])
+    with pytest.raises(ValueError, match="needs prompts.pool > 0"):
+        bench_main(["default", "--out", str(tmp_path), "--set", "prompts.pool=0"])

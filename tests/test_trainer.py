@@ -114,6 +114,7 @@ def test_run_evaluates_before_and_after_and_writes_its_outputs(tmp_path):
     assert ["eval_reward" in r and "eval_reward_held_out" in r for r in logged] == [True, False]
     assert record["eval_before"]["iteration"] == 0 and record["eval_after"]["iteration"] == 2
     assert record["eval_before"]["reward_mean"] != record["eval_after"]["reward_mean"]  # the policy changed
+    assert len(record["eval_before"]["prompt_means"]) == 2 and len(record["eval_after_held_out"]["prompt_means"]) == 2
     # schedule 6:2=3@4: 6 rows for steps 0-1, 3 for steps 2-3 = 18 per prompt; naive keeps 6 for 4 steps = 24
     assert (record["trajectory_steps_per_prompt"], record["naive_trajectory_steps_per_prompt"]) == (18, 24)
     assert (record["trained_rows_per_prompt"], record["naive_trained_rows_per_prompt"]) == (3, 6)
@@ -140,6 +141,13 @@ def test_before_after_grid_is_labelled_and_shows_at_most_max_samples_per_prompt(
     assert caption_band.getextrema()[0][0] < 128 and header.getextrema()[0][0] < 128  # dark text on white
     reward_label = grid.crop((4 * 128 + 32, 22 + 18, 4 * 128 + 32 + 30, 22 + 18 + 14))  # the after tile's corner: white on black
     assert reward_label.getextrema()[0] == (0, 255)
+
+
+def test_paired_change_takes_the_prompt_as_the_unit():
+    from progrpo_fast.train.run import paired_change
+
+    change, se = paired_change({"reward_mean": 0.5, "prompt_means": [0.4, 0.6]}, {"reward_mean": 0.6, "prompt_means": [0.45, 0.75]})
+    assert change == pytest.approx(0.1) and se == pytest.approx(0.05)  # changes 0.05, 0.15: std 0.0707 / sqrt(2)
 
 
 def test_reward_curve_plots_rollouts_their_moving_average_and_evaluations(tmp_path):
@@ -218,6 +226,27 @@ def test_resume_drops_a_torn_log_line(tmp_path):
         f.write('{"iteration": 1, "rew')  # a crash mid-write
     train(config(tmp_path, "train.iterations=2", "log.eval_prompts=0"), resume=True, model=model(), reward=Brightness())
     assert [json.loads(line)["iteration"] for line in (tmp_path / "log.jsonl").read_text().splitlines()] == [0, 1]
+
+
+def test_adapter_steps_noisy_samples_the_base_model_at_deterministic_steps(tmp_path):
+    cfg = config(tmp_path, "sampler.noise_steps=[0]", "train.adapter_steps=noisy", "train.lr=5e-2")
+    trainer = Trainer(cfg, model(), Brightness(), lambda it, rank, n: ["a red circle"] * n)
+    for _ in range(2):
+        trainer.train_iteration()
+    x = torch.randn(2, *trainer.model.latent_shape(), generator=torch.Generator().manual_seed(0))
+    cond = {k: v.repeat(2, *[1] * (v.dim() - 1)) for k, v in trainer.model.encode(["a red circle"]).items()}
+
+    def velocity(step):
+        with torch.no_grad(), trainer.step_context(step):
+            return trainer.model.predict(x, trainer.sampler.stepper.timesteps[step], cond)
+
+    with torch.no_grad(), trainer.reference_model():
+        base = [trainer.model.predict(x, trainer.sampler.stepper.timesteps[t], cond) for t in (0, 1)]
+    assert not torch.allclose(velocity(0), base[0])  # the trained, noisy step: the adapter acts
+    assert torch.equal(velocity(1), base[1])  # a deterministic step: the base model
+    assert trainer.sampler.step_context == trainer.step_context
+    with pytest.raises(ValueError, match="train.adapter_steps=noisy .* needs train.lora=true"):
+        config(tmp_path, "train.adapter_steps=noisy", "train.lora=false")
 
 
 def test_static_ovf_trains_on_the_max_variance_subset(tmp_path):

@@ -19,6 +19,7 @@ BENCHMARKS = {
     "selection": "progrpo_fast.bench.selection",
     "snr": "progrpo_fast.bench.snr",
     "clustering": "progrpo_fast.bench.clustering",
+    "default": "progrpo_fast.bench.default_run",
 }
 
 

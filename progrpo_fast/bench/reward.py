@@ -50,7 +50,7 @@ def train_curve(base: str | None, method: Method, seed: int, iterations: int, ev
     config = method_config(base, method, [*overrides, f"train.seed={seed}", f"train.iterations={iterations}"])
     trainer = build_trainer(config)
     due = set(evaluation_iterations(iterations, evaluations))
-    points = [{"iteration": 0, "train_wall_s": 0.0, "eval_reward": evaluate(config, trainer.model, trainer.reward, held_out=True)["reward_mean"]}]
+    points = [{"iteration": 0, "train_wall_s": 0.0, "eval_reward": evaluate(config, trainer.model, trainer.reward, held_out=True, step_context=trainer.step_context)["reward_mean"]}]
     seconds = 0.0
     for _ in range(iterations):
         started = time.perf_counter()
@@ -60,7 +60,7 @@ def train_curve(base: str | None, method: Method, seed: int, iterations: int, ev
             observe(trainer)
         if trainer.iteration in due:
             points.append({"iteration": trainer.iteration, "train_wall_s": seconds,
-                           "eval_reward": evaluate(config, trainer.model, trainer.reward, held_out=True)["reward_mean"]})
+                           "eval_reward": evaluate(config, trainer.model, trainer.reward, held_out=True, step_context=trainer.step_context)["reward_mean"]})
     return points
 
 

@@ -9,6 +9,7 @@ samples, and with no checkpoints the sampler is plain GRPO sampling.
 """
 from __future__ import annotations
 
+import contextlib
 import time
 from dataclasses import dataclass, field
 
@@ -79,6 +80,7 @@ class ExpandPruneSampler:
             raise ValueError(f"id_stride must be >= the schedule's G_max = {schedule.group_size_max} (or None), got {id_stride}")
         self.model, self.schedule, self.id_stride = model, schedule, id_stride
         self.proxy = proxy if proxy is not None else LatentProxy()
+        self.step_context = lambda step: contextlib.nullcontext()  # step -> context around that step's network evaluation
         self.stepper = Stepper(model.kind, method, eta, model.schedule(schedule.num_steps), noise_steps)
 
     @classmethod
@@ -118,7 +120,9 @@ class ExpandPruneSampler:
                 group, rows = keep, written.shape[0]
                 proxy_seconds += synchronized_clock(device) - started
             x = history[:, step]
-            out = stepper(step, x, model.predict(x, stepper.timesteps[step], cond),
+            with self.step_context(step):
+                velocity = model.predict(x, stepper.timesteps[step], cond)
+            out = stepper(step, x, velocity,
                           eps=None if stepper.deterministic(step) else keyed_noise(seed, trajectory_ids, step + 1, x.shape))
             history[:, step + 1] = out.x_next
             log_probs[:, step] = out.log_prob

@@ -195,10 +195,11 @@ def save_grid(images, path: Path, columns: int, scale: int = 1) -> Path:
 
 
 @torch.no_grad()
-def evaluate(config, model, reward, held_out: bool = False) -> dict:
+def evaluate(config, model, reward, held_out: bool = False, step_context=None) -> dict:
     """Mean reward of the current policy on evaluation_prompts(config, held_out), log.eval_per_prompt
     samples each, with the training step method and fixed noise (a paired before/after comparison).
-    Returns {"reward_mean", "rewards" (P, n), "images", "prompts"}."""
+    ``step_context``: the policy's per-step context (Trainer.step_context). Returns
+    {"reward_mean", "rewards" (P, n), "images", "prompts"}."""
     from progrpo_fast.sampling.sampler import ExpandPruneSampler
     from progrpo_fast.sampling.schedule import PruneSchedule
 
@@ -207,24 +208,37 @@ def evaluate(config, model, reward, held_out: bool = False) -> dict:
     schedule = PruneSchedule.naive(per_prompt, PruneSchedule.from_string(config.sampler.schedule).num_steps)
     # its own trajectory ids (no training stride): every method of a paired comparison sees the same noise
     sampler = ExpandPruneSampler.from_config(model, schedule, dataclasses.replace(config.sampler, trajectory_id_stride=None))
+    if step_context is not None:
+        sampler.step_context = step_context
     rollout = sampler.sample(prompts, seed=iteration_seed(config.train.seed, 0, EVAL_PROMPT_STREAM))
     images = model.decode(rollout.final_latents)
     rewards = score_images(reward, images, rollout.row_prompts)[1].view(count, per_prompt)
     return {"reward_mean": float(rewards.mean()), "rewards": rewards.cpu(), "images": images.cpu(), "prompts": prompts}
 
 
-def evaluations(config, model, reward) -> dict[str, dict]:
+def evaluations(config, model, reward, step_context=None) -> dict[str, dict]:
     """evaluate() on the evaluation prompts (key "") and, with a caption pool, on as many held-out
     prompts (key "_held_out")."""
-    results = {"": evaluate(config, model, reward)}
+    results = {"": evaluate(config, model, reward, step_context=step_context)}
     if uses_caption_pool(config):
-        results["_held_out"] = evaluate(config, model, reward, held_out=True)
+        results["_held_out"] = evaluate(config, model, reward, held_out=True, step_context=step_context)
     return results
 
 
 def evaluation_summary(results: dict[str, dict], when: str, iteration: int) -> dict:
-    """{"eval_WHEN" (and "eval_WHEN_held_out"): {"iteration", "reward_mean"}} for summary.json."""
-    return {f"eval_{when}{key}": {"iteration": iteration, "reward_mean": result["reward_mean"]} for key, result in results.items()}
+    """{"eval_WHEN" (and "eval_WHEN_held_out"): {"iteration", "reward_mean", "prompt_means"}} for
+    summary.json (prompt_means: each evaluation prompt's mean reward, for paired standard errors)."""
+    return {f"eval_{when}{key}": {"iteration": iteration, "reward_mean": result["reward_mean"],
+                                  "prompt_means": result["rewards"].mean(1).tolist()} for key, result in results.items()}
+
+
+def paired_change(before: dict, after: dict) -> tuple[float, float]:
+    """(mean change of the evaluation reward, its standard error) from two evaluation summaries of
+    the same prompts and noise: the SE of the mean of the per-prompt changes (samples of one
+    prompt are not independent, so the prompt is the unit)."""
+    changes = torch.tensor(after["prompt_means"], dtype=torch.float64) - torch.tensor(before["prompt_means"], dtype=torch.float64)
+    se = float(changes.std() / math.sqrt(len(changes))) if len(changes) > 1 else float("nan")
+    return after["reward_mean"] - before["reward_mean"], se
 
 
 def save_before_after(before: dict, after: dict, path: Path, iterations: tuple[int, int], max_prompts: int = 8, max_samples: int = 8) -> Path:
@@ -328,14 +342,14 @@ def train(config, resume: bool = False, model=None, reward=None) -> dict:
                desc="Pro-GRPO", unit="it")
     summary = {}
     if evaluates:
-        before = evaluations(config, model, reward)
+        before = evaluations(config, model, reward, trainer.step_context)
         summary.update(evaluation_summary(before, "before", trainer.iteration))
     history, started = [], time.perf_counter()
     while trainer.iteration < config.train.iterations:
         metrics = trainer.train_iteration()
         every = config.log.eval_every
         if evaluates and every and trainer.iteration % every == 0 and trainer.iteration < config.train.iterations:  # the last: eval_after
-            for key, result in evaluations(config, model, reward).items():
+            for key, result in evaluations(config, model, reward, trainer.step_context).items():
                 metrics["eval_reward" + key] = result["reward_mean"]
         history.append(metrics)
         due = trainer.iteration % config.log.checkpoint_every == 0 or trainer.iteration == config.train.iterations
@@ -351,7 +365,7 @@ def train(config, resume: bool = False, model=None, reward=None) -> dict:
     summary.update(iterations=trainer.iteration, seconds=time.perf_counter() - started, history=history,
                    **trajectory_step_savings(trainer.schedule))
     if evaluates:
-        after = evaluations(config, model, reward)
+        after = evaluations(config, model, reward, trainer.step_context)
         summary.update(evaluation_summary(after, "after", trainer.iteration))
     if main_rank:
         loggers.close()
