@@ -99,6 +99,7 @@ def test_selection_quality_is_bounded_by_the_oracle():
     for r in rows:
         assert r["groups"] == (3 if r["method"] == "pro-grpo-hidden" else 6)  # a learning proxy is scored on the second half
         assert r["proxy_ms_per_call"] > 0
+        assert r["kept_minus_random"] == pytest.approx(r["std_kept"] - r["std_random"]) and r["kept_minus_random_se"] >= 0
         assert r["std_kept"] <= r["std_oracle"] + 1e-6 and r["std_random"] <= r["std_oracle"] + 1e-6
         assert r["kept_over_oracle"] <= 1 + 1e-6
 

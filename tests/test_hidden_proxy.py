@@ -6,7 +6,7 @@ import torch
 
 from progrpo_fast.sampling.proxies import Checkpoint, HiddenProbeProxy, RandomProxy, build_proxy, group_means, pool_block_output
 
-GROUP, KEEP, DIM = 8, 3, 6
+GROUP, KEEP, DIM = 8, 3, 8
 
 
 class Blocks(torch.nn.Module):
@@ -16,7 +16,7 @@ class Blocks(torch.nn.Module):
         super().__init__()
         self.transformer_blocks = torch.nn.ModuleList([torch.nn.Identity()])
 
-    def forward(self, tokens):  # (B, N, DIM): context and image streams of DIM / 2 features each
+    def forward(self, tokens):  # (B, N, DIM / 2): context and image streams
         return self.transformer_blocks[0](split(tokens))
 
 
@@ -24,8 +24,8 @@ def checkpoint(rows, step=2, seed=0):
     return Checkpoint(step, torch.zeros(rows, 4, 2, 2), ["p"] * rows, torch.arange(rows), GROUP, KEEP, seed, None)
 
 
-def split(tokens):
-    return tokens[..., : DIM // 2], tokens[..., DIM // 2 :]
+def split(tokens):  # two streams of DIM / 4 features: mean and max pooling make DIM features
+    return tokens[..., : DIM // 4], tokens[..., DIM // 4 : DIM // 2]
 
 
 def run_pass(network, tokens):
@@ -36,8 +36,10 @@ def run_pass(network, tokens):
 def test_group_means_and_pooling():
     values = torch.tensor([[1.0], [3.0], [10.0], [20.0]])
     assert group_means(values, torch.tensor([0, 0, 1, 1])).flatten().tolist() == [2.0, 2.0, 15.0, 15.0]
-    pooled = pool_block_output((torch.ones(2, 5, 3), torch.zeros(2, 4, 3, 3), None))
-    assert pooled.shape == (2, 3 + 4) and pooled[:, :3].eq(1).all() and pooled[:, 3:].eq(0).all()  # tokens: over N; maps: over H, W
+    tokens = torch.arange(30.0).view(2, 5, 3)
+    pooled = pool_block_output((tokens, torch.zeros(2, 4, 3, 3), None))
+    assert pooled.shape == (2, 2 * 3 + 2 * 4)  # mean and max of each stream: tokens over N, maps over H x W
+    assert torch.equal(pooled[:, :3], tokens.mean(1)) and torch.equal(pooled[:, 3:6], tokens[:, -1]) and pooled[:, 6:].eq(0).all()
 
 
 def test_features_come_from_the_latest_pass_and_cfg_halves_sit_side_by_side():
@@ -45,7 +47,7 @@ def test_features_come_from_the_latest_pass_and_cfg_halves_sit_side_by_side():
     proxy = HiddenProbeProxy(network)
     with pytest.raises(ValueError, match="has seen no network pass"):
         proxy.features(4)
-    tokens = torch.randn(8, 5, DIM)
+    tokens = torch.randn(8, 5, DIM // 2)
     expected = run_pass(network, tokens)
     assert torch.equal(proxy.features(8), expected)
     assert torch.equal(proxy.features(4), torch.cat([expected[:4], expected[4:]], 1))  # [uncond | cond]
@@ -56,11 +58,11 @@ def test_features_come_from_the_latest_pass_and_cfg_halves_sit_side_by_side():
 def test_unfitted_selects_like_the_random_proxy_then_recovers_a_planted_linear_relation():
     gen = torch.Generator().manual_seed(0)
     network = Blocks()
-    proxy = HiddenProbeProxy(network, min_samples=40)
+    proxy = HiddenProbeProxy(network, ridge=1e-3, min_samples=40)
     w_true = torch.randn(DIM, generator=gen)
     fitted_keys = []
     for rollout in range(6):
-        tokens = torch.randn(4 * GROUP, 1, DIM, generator=gen)
+        tokens = torch.randn(4 * GROUP, 3, DIM // 2, generator=gen)
         features = run_pass(network, tokens)
         ckpt = checkpoint(4 * GROUP, seed=rollout)
         selection = proxy(ckpt)
@@ -74,7 +76,7 @@ def test_unfitted_selects_like_the_random_proxy_then_recovers_a_planted_linear_r
     weights = proxy.weights[2]
     cosine = torch.nn.functional.cosine_similarity(weights, w_true, dim=0)
     assert cosine > 0.95, cosine
-    tokens = torch.randn(4 * GROUP, 1, DIM, generator=gen)
+    tokens = torch.randn(4 * GROUP, 3, DIM // 2, generator=gen)
     features = run_pass(network, tokens)
     from progrpo_fast import ops
 
@@ -87,7 +89,7 @@ def test_unfitted_selects_like_the_random_proxy_then_recovers_a_planted_linear_r
 def test_call_does_no_host_sync(monkeypatch):
     network = Blocks()
     proxy = HiddenProbeProxy(network, min_samples=1)
-    features = run_pass(network, torch.randn(2 * GROUP, 1, DIM))
+    features = run_pass(network, torch.randn(2 * GROUP, 1, DIM // 2))
     proxy(checkpoint(2 * GROUP))
     proxy.observe(torch.tensor([0, 1, 2, 8, 9, 10]), features[[0, 1, 2, 8, 9, 10]].sum(1))
 
@@ -104,7 +106,7 @@ def test_call_does_no_host_sync(monkeypatch):
 def test_state_round_trip_gives_the_same_selection():
     network = Blocks()
     proxy = HiddenProbeProxy(network, min_samples=1)
-    features = run_pass(network, torch.randn(2 * GROUP, 1, DIM))
+    features = run_pass(network, torch.randn(2 * GROUP, 1, DIM // 2))
     proxy(checkpoint(2 * GROUP))
     proxy.observe(torch.tensor([0, 3, 5, 9, 12, 15]), torch.tensor([0.1, 0.5, 0.9, 0.2, 0.3, 0.8]))
     copy = HiddenProbeProxy(Blocks(), min_samples=1)

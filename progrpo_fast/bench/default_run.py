@@ -52,7 +52,8 @@ def run(args, command: str, tag: str) -> Path:
     if not load_config(args.config, args.overrides).prompts.pool:
         raise ValueError("bench default compares a caption pool with held-out captions: it needs prompts.pool > 0")
     path = args.out / f"default_run_{tag}.json"
-    payload = load_results(path, {"config": args.config, "overrides": list(args.overrides)}, {"rows": []})
+    setup = {"config": args.config, "overrides": list(args.overrides), "resolved": load_config(args.config, args.overrides).to_dict()}
+    payload = load_results(path, setup, {"rows": []})
     done = {r["seed"] for r in payload["rows"]}
     for seed in range(args.seeds):
         if seed not in done:

@@ -65,9 +65,12 @@ def train_curve(base: str | None, method: Method, seed: int, iterations: int, ev
 
 
 def setup_of(base, methods, budget_iterations, evaluations, overrides) -> dict:
-    """What decides a results file's numbers: a rerun adds to a file only with the same setup."""
-    return {"config": base, "overrides": list(overrides), "budget_iterations": budget_iterations, "evaluations": evaluations,
-            "reference": methods[0].name}
+    """What decides a results file's numbers (the resolved config included, so a changed default is
+    noticed): a rerun adds to a file only with the same setup."""
+    from progrpo_fast.train.config import load_config
+
+    return {"config": base, "overrides": list(overrides), "resolved": load_config(base, overrides).to_dict(),
+            "budget_iterations": budget_iterations, "evaluations": evaluations, "reference": methods[0].name}
 
 
 def reward_per_compute(base: str | None, methods: list[Method], seeds: list[int], budget_iterations: int, evaluations: int,

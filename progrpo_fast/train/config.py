@@ -231,9 +231,9 @@ class LogConfig:
     tensorboard: bool = option(False)
     wandb: bool = option(False)
     progress: bool = option(True)
-    eval_prompts: int = option(32, at_least(0))
+    eval_prompts: int = option(96, at_least(0))
     eval_per_prompt: int = option(8, at_least(1))
-    eval_every: int = option(40, at_least(0))
+    eval_every: int = option(60, at_least(0))
 
 
 @dataclass
