@@ -226,6 +226,9 @@ def test_reward_per_compute_is_resumable_and_refuses_another_setup(tmp_path, mon
                         [{"iteration": 0, "train_wall_s": 0.0, "eval_reward": 0.5}])
     again = reward.reward_per_compute(None, methods, [0, 1], 1, 1, path, "test", overrides)
     assert trained == [("naive-2", 1), ("pro-grpo-random", 1)] and len(again) == 6  # seed 0 skipped
+    trained.clear()
+    reward.reward_per_compute(None, methods, [0, 1, 2], 1, 1, path, "test", overrides, only={"pro-grpo-random"})
+    assert trained == [("pro-grpo-random", 2)]  # naive-2 seed 2 is left to another process
     with pytest.raises(ValueError, match="holds results of another setup"):
         reward.reward_per_compute(None, methods, [0], 2, 1, path, "test", overrides)
 
@@ -316,3 +319,22 @@ def test_default_run_benchmark_writes_per_seed_rows_with_standard_errors(tmp_pat
     assert payload["summary"]["heldout_change_mean"] == pytest.approx(row["heldout_change"])
     with pytest.raises(ValueError, match="needs prompts.pool > 0"):
         bench_main(["default", "--out", str(tmp_path), "--set", "prompts.pool=0"])
+
+
+def test_results_added_by_two_processes_under_the_lock_are_all_kept(tmp_path):
+    import multiprocessing
+
+    path = tmp_path / "r.json"
+    ctx = multiprocessing.get_context("fork")
+    workers = [ctx.Process(target=_add_rows, args=(path, name)) for name in ("a", "b")]
+    for w in workers:
+        w.start()
+    for w in workers:
+        w.join()
+    rows = json.loads(path.read_text())["rows"]
+    assert sorted((r["method"], r["seed"]) for r in rows) == [(m, s) for m in ("a", "b") for s in range(20)]
+
+
+def _add_rows(path, name):
+    for seed in range(20):
+        results.add_to_results(path, {"setup": 1}, {"rows": []}, "test", lambda payload: payload["rows"].append({"method": name, "seed": seed}))
