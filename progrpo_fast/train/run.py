@@ -178,8 +178,6 @@ class Loggers:
 def save_grid(images, path: Path, columns: int, scale: int = 1) -> Path:
     """(B, 3, H, W) in [0, 1] -> one PNG grid, ``columns`` images a row, each enlarged ``scale``
     times (nearest neighbour)."""
-    from PIL import Image
-
     if scale > 1:
         images = images.repeat_interleave(scale, dim=2).repeat_interleave(scale, dim=3)
     batch, _, height, width = images.shape
@@ -188,10 +186,16 @@ def save_grid(images, path: Path, columns: int, scale: int = 1) -> Path:
     for i, image in enumerate(images):
         r, c = divmod(i, columns)
         grid[:, r * height : (r + 1) * height, c * width : (c + 1) * width] = image
-    array = (grid.clamp(0, 1) * 255).round().byte().permute(1, 2, 0).cpu().numpy()
     path.parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(array).save(path)
+    pil_image(grid).save(path)
     return path
+
+
+def pil_image(image: torch.Tensor):
+    """(3, H, W) in [0, 1] -> an 8-bit RGB PIL image."""
+    from PIL import Image
+
+    return Image.fromarray((image.clamp(0, 1) * 255).round().byte().permute(1, 2, 0).cpu().numpy())
 
 
 @torch.no_grad()
@@ -262,10 +266,8 @@ def save_before_after(before: dict, after: dict, path: Path, iterations: tuple[i
         for p in range(rows):
             top = header + p * (band + tile) + band
             for j in range(shown):
-                image = result["images"][p * per_prompt + j]
-                array = (image.clamp(0, 1) * 255).round().byte().permute(1, 2, 0).cpu().numpy()
                 x = left + j * tile
-                canvas.paste(Image.fromarray(array).resize((tile, tile), Image.NEAREST), (x, top))
+                canvas.paste(pil_image(result["images"][p * per_prompt + j]).resize((tile, tile), Image.NEAREST), (x, top))
                 label = f"{float(result['rewards'][p, j]):.2f}"
                 box = draw.textbbox((x + 2, top + 1), label, font=font)
                 draw.rectangle(box, fill="black")
