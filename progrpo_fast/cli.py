@@ -36,7 +36,19 @@ def info() -> dict[str, str]:
     return rows
 
 
+def quiet_third_party() -> None:
+    """Hides transformers' and diffusers' warnings (e.g. the torchvision fallback notes) and their
+    model-loading progress bars; ``-v`` keeps them."""
+    from diffusers.utils import logging as diffusers_logging
+    from transformers.utils import logging as transformers_logging
+
+    for library in (transformers_logging, diffusers_logging):
+        library.set_verbosity_error()
+        library.disable_progress_bar()
+
+
 def add_config_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("-v", "--verbose", action="store_true", help="also show third-party warnings and model-loading progress bars")
     parser.add_argument("--config", default=None, help="a preset name (see progrpo_fast/configs) or a YAML file; default: the built-in shapes task")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="override a config value, e.g. --set train.lr=1e-4 (repeatable)")
@@ -44,7 +56,7 @@ def add_config_arguments(parser: argparse.ArgumentParser) -> None:
 
 def command_train(args) -> int:
     from progrpo_fast.train.config import load_config
-    from progrpo_fast.train.run import train, uses_caption_pool
+    from progrpo_fast.train.run import paired_change, train, uses_caption_pool
 
     config = load_config(args.config, args.overrides)
     summary = train(config, resume=args.resume)
@@ -55,9 +67,10 @@ def command_train(args) -> int:
     for suffix, what in (("", "training-pool" if uses_caption_pool(config) else "evaluation"), ("_held_out", "held-out")):
         if "eval_after" + suffix in summary:
             before, after = summary["eval_before" + suffix], summary["eval_after" + suffix]
+            change, se = paired_change(before, after)
             print(f"{what} prompts' reward ({config.log.eval_prompts} prompts x {config.log.eval_per_prompt} samples, same noise): "
                   f"{before['reward_mean']:.4f} at iteration {before['iteration']} -> {after['reward_mean']:.4f} at iteration "
-                  f"{after['iteration']} ({after['reward_mean'] - before['reward_mean']:+.4f})")
+                  f"{after['iteration']} ({change:+.4f} +- {se:.4f} standard error over the prompts)")
     steps, naive = summary["trajectory_steps_per_prompt"], summary["naive_trajectory_steps_per_prompt"]
     print(f"trajectory-steps per prompt: {steps} ({config.sampler.schedule}) vs {naive} for naive GRPO keeping all "
           f"{summary['naive_trained_rows_per_prompt']} samples: {naive - steps} saved ({1 - steps / naive:.0%}); "
@@ -117,6 +130,8 @@ def main(argv: list[str] | None = None) -> int:
             print(f"progrpo-fast bench: error: {err}", file=sys.stderr)
             return 2
     args = parser.parse_args(argv)
+    if not getattr(args, "verbose", False):
+        quiet_third_party()
     if args.command == "info":
         rows = info()
         width = max(map(len, rows))

@@ -99,6 +99,7 @@ def test_selection_quality_is_bounded_by_the_oracle():
     for r in rows:
         assert r["groups"] == (3 if r["method"] == "pro-grpo-hidden" else 6)  # a learning proxy is scored on the second half
         assert r["proxy_ms_per_call"] > 0
+        assert r["kept_minus_random"] == pytest.approx(r["std_kept"] - r["std_random"]) and r["kept_minus_random_se"] >= 0
         assert r["std_kept"] <= r["std_oracle"] + 1e-6 and r["std_random"] <= r["std_oracle"] + 1e-6
         assert r["kept_over_oracle"] <= 1 + 1e-6
 
@@ -225,6 +226,9 @@ def test_reward_per_compute_is_resumable_and_refuses_another_setup(tmp_path, mon
                         [{"iteration": 0, "train_wall_s": 0.0, "eval_reward": 0.5}])
     again = reward.reward_per_compute(None, methods, [0, 1], 1, 1, path, "test", overrides)
     assert trained == [("naive-2", 1), ("pro-grpo-random", 1)] and len(again) == 6  # seed 0 skipped
+    trained.clear()
+    reward.reward_per_compute(None, methods, [0, 1, 2], 1, 1, path, "test", overrides, only={"pro-grpo-random"})
+    assert trained == [("pro-grpo-random", 2)]  # naive-2 seed 2 is left to another process
     with pytest.raises(ValueError, match="holds results of another setup"):
         reward.reward_per_compute(None, methods, [0], 2, 1, path, "test", overrides)
 
@@ -301,3 +305,36 @@ def test_select_methods_keeps_the_named_order_and_rejects_unknown_names():
     assert [m.name for m in select_methods(methods, "naive-16, pro-grpo-reward")] == ["naive-16", "pro-grpo-reward"]
     with pytest.raises(ValueError, match=r"--methods must name one or more of naive-16, naive-4, static-ovf"):
         select_methods(methods, "naive-16,grpo")
+
+
+def test_default_run_benchmark_writes_per_seed_rows_with_standard_errors(tmp_path, capsys):
+    overrides = ["train.iterations=1", "sampler.prompts_per_iteration=1", "train.minibatch_rows=4", "log.eval_prompts=2",
+                 "log.eval_per_prompt=2", "log.eval_every=0", "prompts.pool=4"]
+    argv = ["default", "--seeds", "1", "--out", str(tmp_path), "--runs", str(tmp_path / "runs"), "--tag", "t"]
+    assert bench_main([*argv, *(a for o in overrides for a in ("--set", o))]) == 0
+    payload = json.loads((tmp_path / "default_run_t.json").read_text())
+    (row,) = payload["rows"]
+    assert {"seed", "pool_before", "pool_after", "heldout_before", "heldout_after", "heldout_change_se"} <= set(row) and row["seed"] == 0
+    assert row["heldout_change"] == pytest.approx(row["heldout_after"] - row["heldout_before"]) and row["heldout_change_se"] >= 0
+    assert payload["summary"]["heldout_change_mean"] == pytest.approx(row["heldout_change"])
+    with pytest.raises(ValueError, match="needs prompts.pool > 0"):
+        bench_main(["default", "--out", str(tmp_path), "--set", "prompts.pool=0"])
+
+
+def test_results_added_by_two_processes_under_the_lock_are_all_kept(tmp_path):
+    import multiprocessing
+
+    path = tmp_path / "r.json"
+    ctx = multiprocessing.get_context("fork")
+    workers = [ctx.Process(target=_add_rows, args=(path, name)) for name in ("a", "b")]
+    for w in workers:
+        w.start()
+    for w in workers:
+        w.join()
+    rows = json.loads(path.read_text())["rows"]
+    assert sorted((r["method"], r["seed"]) for r in rows) == [(m, s) for m in ("a", "b") for s in range(20)]
+
+
+def _add_rows(path, name):
+    for seed in range(20):
+        results.add_to_results(path, {"setup": 1}, {"rows": []}, "test", lambda payload: payload["rows"].append({"method": name, "seed": seed}))

@@ -118,6 +118,8 @@ def test_yaml_boolean_for_a_string_choice_gets_a_quoting_hint():
     ("model.resolution=500", r"config key 'model\.resolution' must be null or a multiple of 8"),
     ("log.keep_last=0", r"config key 'log\.keep_last' must be >= 1, got 0"),
     ("sampler.eta=-0.1", r"config key 'sampler\.eta' must be >= 0"),
+    ("train.iterations=-1", r"config key 'train\.iterations' must be >= 1, got -1"),
+    ("sampler.trajectory_id_stride=0", r"config key 'sampler\.trajectory_id_stride' must be null or >= 1, got 0"),
 ])
 def test_out_of_range_values(override, message):
     with raises(message):
@@ -130,8 +132,9 @@ def test_out_of_range_values(override, message):
     (["sampler.schedule=16:9=8@10"], r"config key 'sampler\.schedule' is invalid: checkpoints must be ints in \[1, num_steps - 1\)"),
     (["sampler.static_ovf=true", "sampler.schedule=24@10"], r"sampler\.static_ovf=true needs a pruned schedule"),
     (["sampler.method=cps", "sampler.eta=1.5"], r"'sampler\.eta' must be <= 1 with method 'cps'"),
-    (["sampler.noise_steps=[7]"], r"'sampler\.noise_steps' must be null or a non-empty list of steps in \[0, 7\)"),
+    (["sampler.noise_steps=[4]"], r"'sampler\.noise_steps' must be null or a non-empty list of steps in \[0, 4\)"),
     (["sampler.noise_steps=[]"], r"'sampler\.noise_steps' must be null or a non-empty list"),
+    (["sampler.schedule=16:3=8@8", "sampler.trajectory_id_stride=8"], r"'sampler\.trajectory_id_stride' must be null or >= the schedule's G_max = 16"),
 ])
 def test_bad_schedules_and_sampler_settings(overrides, message):
     with raises(message):
@@ -251,9 +254,10 @@ def test_preset_contents():
     sd14 = load_config("sd14_hpsv2", [], check_paths=False)
     assert (sd14.model.kind, sd14.sampler.method, sd14.sampler.eta) == ("sd1", "ddim", 1.0)
     assert (sd14.sampler.schedule, sd14.model.resolution, sd14.model.guidance_scale) == ("48:30=32,40=8@50", 512, 7.5)
-    assert load_config("shapes_naive", [], check_paths=False).sampler.schedule == "8@8"
+    assert load_config("shapes_naive", [], check_paths=False).sampler.schedule == "8@5"
     shapes = load_config("shapes", [])
-    assert (shapes.sampler.noise_steps, shapes.train.timestep_fraction, shapes.prompts.pool) == ([0, 1], 1.0, 4)
+    assert shapes == load_config(None, []), "the shapes preset spells out the built-in defaults"
+    assert (shapes.sampler.noise_steps, shapes.train.timestep_fraction, shapes.prompts.pool, shapes.model.guidance_scale) == ([0, 1], 1.0, 512, 1.0)
     assert flow.sampler.noise_steps is None and sd14.sampler.noise_steps is None, "the paper's presets add noise at every step"
 
 

@@ -1,5 +1,6 @@
 """The GRPO trainer on a tiny random-weight SD3 pipeline: objective pieces, first-step ratio,
 resume equals an uninterrupted run, baselines, multi-process training on gloo."""
+import json
 import os
 import socket
 
@@ -134,29 +135,59 @@ def test_run_evaluates_before_and_after_and_writes_its_outputs(tmp_path):
 
     from PIL import Image
 
-    summary = train(config(tmp_path, "train.iterations=2", "train.lr=5e-2"), model=model(), reward=Brightness())
+    summary = train(config(tmp_path, "train.iterations=2", "train.lr=5e-2", "log.eval_every=1"), model=model(), reward=Brightness())
     record = json.loads((tmp_path / "summary.json").read_text())
+    logged = [json.loads(line) for line in (tmp_path / "log.jsonl").read_text().splitlines()]
+    # evaluated every iteration but the last, whose numbers are eval_after's (no doubled evaluation)
+    assert ["eval_reward" in r and "eval_reward_held_out" in r for r in logged] == [True, False]
     assert record["eval_before"]["iteration"] == 0 and record["eval_after"]["iteration"] == 2
     assert record["eval_before"]["reward_mean"] != record["eval_after"]["reward_mean"]  # the policy changed
+    assert len(record["eval_before"]["prompt_means"]) == 2 and len(record["eval_after_held_out"]["prompt_means"]) == 2
     # schedule 6:2=3@4: 6 rows for steps 0-1, 3 for steps 2-3 = 18 per prompt; naive keeps 6 for 4 steps = 24
     assert (record["trajectory_steps_per_prompt"], record["naive_trajectory_steps_per_prompt"]) == (18, 24)
     assert (record["trained_rows_per_prompt"], record["naive_trained_rows_per_prompt"]) == (3, 6)
     grid = Image.open(summary["before_after_grid"])
     tile = 16 * (128 // 16)  # 16 px images enlarged to 128
-    assert grid.size == ((2 * 2 + 1) * tile, 2 * tile)  # 2 prompts; 2 before | blank | 2 after
+    assert grid.size == (2 * 2 * tile + tile // 4, 22 + 2 * (18 + tile))  # header; 2 prompts: caption band, 2 before | gap | 2 after
     assert summary["reward_curve"].is_file()
 
 
-def test_before_after_grid_shows_at_most_max_samples_per_prompt(tmp_path):
+def test_before_after_grid_is_labelled_and_shows_at_most_max_samples_per_prompt(tmp_path):
     from PIL import Image
 
     from progrpo_fast.train.run import save_before_after
 
     def evaluation(value):  # 3 prompts x 5 samples of 32 px
-        return {"rewards": torch.zeros(3, 5), "images": torch.full((15, 3, 32, 32), value), "prompts": ["a", "b", "c"]}
+        return {"rewards": torch.full((3, 5), value), "images": torch.full((15, 3, 32, 32), value), "prompts": ["a red circle", "b", "c"]}
 
-    path = save_before_after(evaluation(0.0), evaluation(1.0), tmp_path / "grid.png", max_prompts=2, max_samples=4)
-    assert Image.open(path).size == ((2 * 4 + 1) * 128, 2 * 128)  # 4 before | blank | 4 after, enlarged 4x
+    path = save_before_after(evaluation(0.0), evaluation(1.0), tmp_path / "grid.png", (0, 7), max_prompts=2, max_samples=4)
+    grid = Image.open(path).convert("RGB")
+    assert grid.size == (2 * 4 * 128 + 32, 22 + 2 * (18 + 128))  # 4 before | gap | 4 after, enlarged 4x, under a header and captions
+    before_tile, after_tile = grid.crop((40, 22 + 18 + 40, 100, 22 + 18 + 100)), grid.crop((4 * 128 + 72, 22 + 18 + 40, 4 * 128 + 132, 22 + 18 + 100))
+    assert before_tile.getextrema() == ((0, 0),) * 3 and after_tile.getextrema() == ((255, 255),) * 3  # images away from the labels
+    caption_band, header = grid.crop((0, 22, 200, 22 + 18)), grid.crop((0, 0, 300, 22))
+    assert caption_band.getextrema()[0][0] < 128 and header.getextrema()[0][0] < 128  # dark text on white
+    reward_label = grid.crop((4 * 128 + 32, 22 + 18, 4 * 128 + 32 + 30, 22 + 18 + 14))  # the after tile's corner: white on black
+    assert reward_label.getextrema()[0] == (0, 255)
+
+
+def test_paired_change_takes_the_prompt_as_the_unit():
+    from progrpo_fast.train.run import paired_change
+
+    change, se = paired_change({"reward_mean": 0.5, "prompt_means": [0.4, 0.6]}, {"reward_mean": 0.6, "prompt_means": [0.45, 0.75]})
+    assert change == pytest.approx(0.1) and se == pytest.approx(0.05)  # changes 0.05, 0.15: std 0.0707 / sqrt(2)
+
+
+def test_reward_curve_plots_rollouts_their_moving_average_and_evaluations(tmp_path):
+    import json
+
+    from progrpo_fast.train.run import plot_reward_curve, smoothed
+
+    assert smoothed([1.0, 3.0, 5.0, 7.0], 2) == [1.0, 2.0, 4.0, 6.0]
+    log = tmp_path / "log.jsonl"
+    log.write_text("".join(json.dumps({"iteration": i, "reward_mean": 0.1 * i}) + "\n" for i in range(12)))
+    path = plot_reward_curve(log, tmp_path / "curve.png", {"pool": [(0, 0.2), (6, 0.4), (12, 0.5)], "held-out": [(0, 0.1), (12, 0.3)]})
+    assert path.stat().st_size > 0
 
 
 def test_caption_pool_feeds_training_and_the_evaluation_keeps_held_out_prompts_apart():
@@ -213,6 +244,38 @@ def test_a_corrupted_newest_checkpoint_falls_back_to_the_previous(tmp_path):
     newest.write_bytes(newest.read_bytes()[:100])
     resumed = train(config(tmp_path, "train.iterations=2"), resume=True, model=model(), reward=Brightness())
     assert [h["iteration"] for h in resumed["history"]] == [1]
+    # the log keeps iteration 0 (before the checkpoint it resumed from) and the rerun iteration 1 once
+    logged = [json.loads(line)["iteration"] for line in (tmp_path / "log.jsonl").read_text().splitlines()]
+    assert logged == [0, 1]
+
+
+def test_resume_drops_a_torn_log_line(tmp_path):
+    train(config(tmp_path, "train.iterations=1", "log.eval_prompts=0"), model=model(), reward=Brightness())
+    with open(tmp_path / "log.jsonl", "a") as f:
+        f.write('{"iteration": 1, "rew')  # a crash mid-write
+    train(config(tmp_path, "train.iterations=2", "log.eval_prompts=0"), resume=True, model=model(), reward=Brightness())
+    assert [json.loads(line)["iteration"] for line in (tmp_path / "log.jsonl").read_text().splitlines()] == [0, 1]
+
+
+def test_adapter_steps_noisy_samples_the_base_model_at_deterministic_steps(tmp_path):
+    cfg = config(tmp_path, "sampler.noise_steps=[0]", "train.adapter_steps=noisy", "train.lr=5e-2")
+    trainer = Trainer(cfg, model(), Brightness(), lambda it, rank, n: ["a red circle"] * n)
+    for _ in range(2):
+        trainer.train_iteration()
+    x = torch.randn(2, *trainer.model.latent_shape(), generator=torch.Generator().manual_seed(0))
+    cond = {k: v.repeat(2, *[1] * (v.dim() - 1)) for k, v in trainer.model.encode(["a red circle"]).items()}
+
+    def velocity(step):
+        with torch.no_grad(), trainer.step_context(step):
+            return trainer.model.predict(x, trainer.sampler.stepper.timesteps[step], cond)
+
+    with torch.no_grad(), trainer.reference_model():
+        base = [trainer.model.predict(x, trainer.sampler.stepper.timesteps[t], cond) for t in (0, 1)]
+    assert not torch.allclose(velocity(0), base[0])  # the trained, noisy step: the adapter acts
+    assert torch.equal(velocity(1), base[1])  # a deterministic step: the base model
+    assert trainer.sampler.step_context == trainer.step_context
+    with pytest.raises(ValueError, match="train.adapter_steps=noisy .* needs train.lora=true"):
+        config(tmp_path, "train.adapter_steps=noisy", "train.lora=false")
 
 
 def test_static_ovf_trains_on_the_max_variance_subset(tmp_path):

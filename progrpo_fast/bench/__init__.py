@@ -3,8 +3,8 @@
 ``BENCHMARKS`` maps each name to its module; a module defines ``DESCRIPTION`` (one line),
 ``add_arguments(parser)`` (its own options) and ``run(args, command, tag) -> Path`` (measures,
 writes its results under ``args.out`` with the shared writer of ``bench.results``, prints a table,
-returns the main results file). Every benchmark also takes ``--config``, ``--set``, ``--out`` and
-``--tag``. Adding a benchmark is one line in the table.
+returns the main results file). Every benchmark also takes ``--config``, ``--set``, ``--out``,
+``--tag`` and ``-v``. Adding a benchmark is one line in the table.
 """
 from __future__ import annotations
 
@@ -21,6 +21,7 @@ BENCHMARKS = {
     "clustering": "progrpo_fast.bench.clustering",
     "graphs": "progrpo_fast.bench.graphs",
     "wan_video": "progrpo_fast.bench.wan_video",
+    "default": "progrpo_fast.bench.default_run",
 }
 
 
@@ -39,8 +40,13 @@ def main(argv: list[str] | None = None) -> int:
         sub.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE", help="config override (repeatable)")
         sub.add_argument("--out", type=Path, default=RESULTS_DIR, help=f"results folder (default {RESULTS_DIR})")
         sub.add_argument("--tag", default=None, help="suffix of the result files (default: cpu or cuda)")
+        sub.add_argument("-v", "--verbose", action="store_true", help="also show third-party warnings and model-loading progress bars")
         module.add_arguments(sub)
     args = parser.parse_args(argv)
+    if not args.verbose:
+        from progrpo_fast.cli import quiet_third_party
+
+        quiet_third_party()
     tag = args.tag or ("cuda" if torch.cuda.is_available() else "cpu")
     command = "progrpo-fast bench " + " ".join(sys.argv[2:] if argv is None else argv)
     path = modules[args.name].run(args, command, tag)

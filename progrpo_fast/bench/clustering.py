@@ -119,7 +119,8 @@ def run(args, command: str, tag: str) -> Path:
     if not 1 <= args.window <= args.iterations:
         raise ValueError(f"--window must be in [1, --iterations={args.iterations}], got {args.window}")
     path = args.out / f"clustering_{tag}.json"
-    setup = {"config": args.config, "overrides": list(args.overrides), "iterations": args.iterations, "window": args.window}
+    setup = {"config": args.config, "overrides": list(args.overrides), "resolved": load_config(args.config, args.overrides).to_dict(),
+             "iterations": args.iterations, "window": args.window}
     payload = load_results(path, setup, {"rows": []})
     done = {(r["method"], r["seed"]) for r in payload["rows"]}
     for seed in range(args.seeds):

@@ -37,13 +37,13 @@ class Method:
 
 def standard_methods(group_size: int, num_steps: int, checkpoints: tuple[int, int], naive_sizes=None) -> list[Method]:
     """Naive GRPO at G (and each of ``naive_sizes``), static OVF and Pro-GRPO with the latent,
-    reward and probe proxies, all expanding to G_max = 2G and keeping K = G / 2: the paper's
-    pattern (48 -> 24 -> 12 at steps {5, 7} of 10 against G = 24)."""
+    reward, probe and hidden proxies, all expanding to G_max = 2G and keeping K = G / 2: the
+    paper's pattern (48 -> 24 -> 12 at steps {5, 7} of 10 against G = 24)."""
     g, (c1, c2) = group_size, checkpoints
     pruned = f"{2 * g}:{c1}={g},{c2}={g // 2}@{num_steps}"
     naive = [Method(f"naive-{n}", f"{n}@{num_steps}") for n in (naive_sizes or (g,))]
     return [*naive, Method("static-ovf", pruned, static_ovf=True),
-            *(Method(f"pro-grpo-{proxy}", pruned, proxy=proxy) for proxy in ("latent", "reward", "probe"))]
+            *(Method(f"pro-grpo-{proxy}", pruned, proxy=proxy) for proxy in ("latent", "reward", "probe", "hidden"))]
 
 
 def paired_methods(schedule: str, proxies=PRUNING_PROXIES) -> list[Method]:

@@ -2,6 +2,7 @@
 the reproducing command), resumable results JSONs that a rerun adds to, Markdown tables."""
 from __future__ import annotations
 
+import contextlib
 import csv
 import json
 import os
@@ -63,9 +64,34 @@ def save_results(path: Path, payload: dict, command: str) -> None:
     """Atomic rewrite (a crash leaves the previous file whole)."""
     payload = {**payload, "command": command, "machine": machine()}
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".json.tmp")
+    tmp = path.with_suffix(f".json.{os.getpid()}.tmp")
     tmp.write_text(json.dumps(payload, indent=2) + "\n")
     os.replace(tmp, path)
+
+
+@contextlib.contextmanager
+def locked(path: Path):
+    """An exclusive lock on ``path`` (a sibling .lock file) across processes: several benchmark
+    processes may add to one results file, each re-reading it under the lock before it writes."""
+    import fcntl
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path.with_suffix(path.suffix + ".lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+
+
+def add_to_results(path: Path, setup: dict, empty: dict, command: str, update) -> dict:
+    """Re-reads the results at ``path`` under its lock, applies ``update(payload)`` and saves;
+    returns the updated payload."""
+    with locked(path):
+        payload = load_results(path, setup, empty)
+        update(payload)
+        save_results(path, payload, command)
+    return payload
 
 
 def markdown_table(rows: list[dict], columns: dict[str, str]) -> str:

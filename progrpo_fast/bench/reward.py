@@ -5,7 +5,8 @@ reward is evaluated (log.eval_prompts x log.eval_per_prompt samples, fixed noise
 points of the budget.
 
 Resumable: each finished (method, seed) is added to the results JSON at once, and a rerun with
-the same setup skips the pairs already there, so the table can be built across sessions.
+the same setup skips the pairs already there, so the table can be built across sessions; several
+processes may build it together (e.g. one per ``--methods`` list): each adds its rows under a lock.
 
 Summary per method against the reference (the first method, naive GRPO at G_max by default), over
 the seeds both have: the paired difference of the final reward (mean over seeds, 95% bootstrap CI
@@ -22,7 +23,7 @@ import torch
 
 from progrpo_fast.bench.cost_model import flops_per_iteration
 from progrpo_fast.bench.methods import Method, build_trainer, method_config, paired_methods, select_methods
-from progrpo_fast.bench.results import load_results, markdown_table, pyplot, save_figure, save_results, write_results
+from progrpo_fast.bench.results import add_to_results, load_results, locked, markdown_table, pyplot, save_figure, save_results, write_results
 
 DESCRIPTION = "reward per compute, paired seeds, resumable (bootstrap CIs of the final difference and the compute to reach)"
 SUMMARY_COLUMNS = {"method": "method", "seeds": "paired seeds", "reward_start": "reward at 0", "reward_final": "final (seed mean)",
@@ -50,8 +51,12 @@ def train_curve(base: str | None, method: Method, seed: int, iterations: int, ev
     config = method_config(base, method, [*overrides, f"train.seed={seed}", f"train.iterations={iterations}"])
     trainer = build_trainer(config)
     due = set(evaluation_iterations(iterations, evaluations))
-    points = [{"iteration": 0, "train_wall_s": 0.0, "eval_reward": evaluate(config, trainer.model, trainer.reward, held_out=True)["reward_mean"]}]
-    seconds = 0.0
+
+    def point(seconds: float) -> dict:
+        result = evaluate(config, trainer.model, trainer.reward, held_out=True, step_context=trainer.step_context)
+        return {"iteration": trainer.iteration, "train_wall_s": seconds, "eval_reward": result["reward_mean"]}
+
+    points, seconds = [point(0.0)], 0.0
     for _ in range(iterations):
         started = time.perf_counter()
         trainer.train_iteration()
@@ -59,41 +64,48 @@ def train_curve(base: str | None, method: Method, seed: int, iterations: int, ev
         if observe is not None:
             observe(trainer)
         if trainer.iteration in due:
-            points.append({"iteration": trainer.iteration, "train_wall_s": seconds,
-                           "eval_reward": evaluate(config, trainer.model, trainer.reward, held_out=True)["reward_mean"]})
+            points.append(point(seconds))
     return points
 
 
 def setup_of(base, methods, budget_iterations, evaluations, overrides) -> dict:
-    """What decides a results file's numbers: a rerun adds to a file only with the same setup."""
-    return {"config": base, "overrides": list(overrides), "budget_iterations": budget_iterations, "evaluations": evaluations,
-            "reference": methods[0].name}
+    """What decides a results file's numbers (the resolved config included, so a changed default is
+    noticed): a rerun adds to a file only with the same setup."""
+    from progrpo_fast.train.config import load_config
+
+    return {"config": base, "overrides": list(overrides), "resolved": load_config(base, overrides).to_dict(),
+            "budget_iterations": budget_iterations, "evaluations": evaluations, "reference": methods[0].name}
 
 
 def reward_per_compute(base: str | None, methods: list[Method], seeds: list[int], budget_iterations: int, evaluations: int,
-                       path: Path, command: str, overrides=()) -> list[dict]:
-    """Trains every (method, seed) not yet in ``path`` on the FLOP budget of ``budget_iterations``
-    iterations of the first method, adding each to ``path`` when it finishes; returns all rows
-    (method, seed, iteration, tflops, train_wall_s, eval_reward)."""
+                       path: Path, command: str, overrides=(), only: set[str] | None = None) -> list[dict]:
+    """Trains every (method, seed) not yet in ``path`` (of the methods named in ``only``, when
+    given) on the FLOP budget of ``budget_iterations`` iterations of the first method, adding each
+    to ``path`` when it finishes; returns all rows (method, seed, iteration, tflops, train_wall_s,
+    eval_reward)."""
     overrides = [*overrides, "log.progress=false"]
-    payload = load_results(path, setup_of(base, methods, budget_iterations, evaluations, overrides), {"flops_per_iteration": {}, "rows": []})
-    per_iteration = payload["flops_per_iteration"]
+    setup, empty = setup_of(base, methods, budget_iterations, evaluations, overrides), {"flops_per_iteration": {}, "rows": []}
+    per_iteration = dict(load_results(path, setup, empty)["flops_per_iteration"])
     for method in methods:
         if method.name not in per_iteration:
             per_iteration[method.name] = flops_per_iteration(build_trainer(method_config(base, method, [*overrides, "log.eval_prompts=0"])), method)
+    payload = add_to_results(path, setup, empty, command, lambda payload: payload["flops_per_iteration"].update(per_iteration))
     budget = budget_iterations * per_iteration[methods[0].name]
-    done = {(r["method"], r["seed"]) for r in payload["rows"]}
     for seed in seeds:  # seed-major: an interrupted table holds whole pairs
         for method in methods:
-            if (method.name, seed) in done:
+            if (only is not None and method.name not in only) or (method.name, seed) in finished(load_results(path, setup, empty)):
                 continue
             iterations = max(1, round(budget / per_iteration[method.name]))
             print(f"[bench reward] {method.name} seed {seed}: {iterations} iterations ({per_iteration[method.name] / 1e12:.4f} TFLOPs each)", flush=True)
             points = train_curve(base, method, seed, iterations, evaluations, overrides)
-            payload["rows"] += [{"method": method.name, "seed": seed, **p, "tflops": p["iteration"] * per_iteration[method.name] / 1e12}
-                                for p in points]
-            save_results(path, payload, command)
+            rows = [{"method": method.name, "seed": seed, **p, "tflops": p["iteration"] * per_iteration[method.name] / 1e12} for p in points]
+            payload = add_to_results(path, setup, empty, command,
+                                     lambda payload: None if (method.name, seed) in finished(payload) else payload["rows"].extend(rows))
     return payload["rows"]
+
+
+def finished(payload: dict) -> set[tuple[str, int]]:
+    return {(r["method"], r["seed"]) for r in payload["rows"]}
 
 
 # ----------------------------------------------------------------------------------- statistics
@@ -185,6 +197,8 @@ def plot(rows: list[dict], methods: list[str], path: Path) -> Path:
 def add_arguments(parser) -> None:
     parser.add_argument("--methods", default=None, help="comma-separated methods, the first the reference and the budget's unit "
                                                         "(default: naive-G_max, naive-K, static-ovf, pro-grpo-<each proxy>)")
+    parser.add_argument("--only", default=None, help="train only these of --methods (comma-separated), e.g. while another process "
+                                                     "trains the others into the same file")
     parser.add_argument("--seeds", type=int, default=8, help="seeds 0..N-1 per method (default 8)")
     parser.add_argument("--budget", type=int, default=40, help="FLOP budget in iterations of the first method (default 40)")
     parser.add_argument("--evaluations", type=int, default=4, help="evaluations along the budget, besides iteration 0 (default 4)")
@@ -193,12 +207,16 @@ def add_arguments(parser) -> None:
 def run(args, command: str, tag: str) -> Path:
     methods = select_methods(default_methods(args.config, args.overrides), args.methods)
     path = args.out / f"reward_per_compute_{tag}.json"
-    rows = reward_per_compute(args.config, methods, list(range(args.seeds)), args.budget, args.evaluations, path, command, args.overrides)
-    names = [m.name for m in methods]
-    summary = summarize(rows, names)
-    payload = json.loads(path.read_text())
-    payload["summary"] = summary
-    save_results(path, payload, command)
+    only = None if args.only is None else {m.name for m in select_methods(methods, args.only)}
+    reward_per_compute(args.config, methods, list(range(args.seeds)), args.budget, args.evaluations, path, command, args.overrides, only)
+    with locked(path):  # the summary covers every method in the file, other processes' included
+        payload = json.loads(path.read_text())
+        present = {r["method"] for r in payload["rows"]}
+        names = [m.name for m in default_methods(args.config, args.overrides) if m.name in present]
+        names = [methods[0].name, *(name for name in names if name != methods[0].name)]
+        rows = payload["rows"]
+        summary = payload["summary"] = summarize(rows, names)
+        save_results(path, payload, command)
     write_results(args.out, f"reward_per_compute_summary_{tag}", summary, command)
     plot(rows, names, args.out / f"reward_per_compute_{tag}.png")
     print(markdown_table(summary, SUMMARY_COLUMNS))

@@ -14,14 +14,16 @@ from progrpo_fast.sampling.schedule import PruneSchedule
 DESCRIPTION = "proxy selection quality against the OVF oracle and random subsets, per checkpoint"
 COLUMNS = {"method": "proxy", "checkpoint_step": "checkpoint", "groups": "groups", "std_all": "std all G", "std_kept": "std kept",
            "std_oracle": "std oracle", "std_random": "std random", "kept_over_oracle": "kept / oracle",
-           "random_over_oracle": "random / oracle", "proxy_ms_per_call": "proxy ms / checkpoint"}
+           "random_over_oracle": "random / oracle", "kept_minus_random": "std kept - random (per group)",
+           "kept_minus_random_ci": "95% CI over groups", "proxy_ms_per_call": "proxy ms / checkpoint"}
 
 
 def selection_quality(base: str | None, methods: list[Method], batches: int, prompts_per_batch: int, seed: int = 0,
                       random_draws: int = 64, overrides=()) -> list[dict]:
     """For each pruning method and checkpoint: the mean over groups of the final-reward std of the
     rows the proxy kept, of the exact-OVF optimum on the final rewards (the oracle), and of a
-    random subset of the same size; and the proxy's mean wall time per checkpoint call. Survivors'
+    random subset of the same size (with the per-group margin kept - random, its standard error
+    over groups and a normal 95% CI); and the proxy's mean wall time per checkpoint call. Survivors'
     trajectories equal the same trajectory ids of an unpruned rollout (noise is keyed by trajectory
     id), so one unpruned rollout gives every row's final reward. Proxies that learn (probe, hidden)
     observe every batch's survivors and are scored on the second half of the batches."""
@@ -74,9 +76,13 @@ def selection_quality(base: str | None, methods: list[Method], batches: int, pro
     rows = []
     for (name, step), entry in sums.items():
         kept, oracle, rand = mean(entry["kept"]), mean(entry["oracle"]), mean(entry["random"])
+        margin = torch.tensor(entry["kept"], dtype=torch.float64) - torch.tensor(entry["random"], dtype=torch.float64)
+        margin_se = float(margin.std() / len(margin) ** 0.5) if len(margin) > 1 else float("nan")
         rows.append({"method": name, "checkpoint_step": step, "groups": len(entry["kept"]), "std_kept": kept, "std_oracle": oracle,
                      "std_random": rand, "std_all": mean(entry["all"]), "kept_over_oracle": kept / oracle if oracle else float("nan"),
                      "random_over_oracle": rand / oracle if oracle else float("nan"),
+                     "kept_minus_random": float(margin.mean()), "kept_minus_random_se": margin_se,
+                     "kept_minus_random_ci": f"[{float(margin.mean()) - 1.96 * margin_se:+.3f}, {float(margin.mean()) + 1.96 * margin_se:+.3f}]",
                      "proxy_ms_per_call": 1000 * mean(seconds[name])})
     return rows
 

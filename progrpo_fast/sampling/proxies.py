@@ -237,23 +237,24 @@ def group_means(values: torch.Tensor, groups: torch.Tensor) -> torch.Tensor:
 
 
 def pool_block_output(output) -> torch.Tensor:
-    """A block's output (a tensor, or a tuple whose tensors are the streams, e.g. MMDiT's (context,
-    image)) -> (batch, features) fp32: each stream of tokens (B, N, D) averaged over its tokens and
-    each feature map (B, C, H, W) over its pixels, side by side."""
+    """A block's output (a tensor, or a tuple whose tensors are its streams, e.g. MMDiT's (context,
+    image)) -> (batch, features) fp32: the mean and the max of each stream over its tokens (B, N, D)
+    or pixels (B, C, H, W), side by side."""
     streams = output if isinstance(output, (tuple, list)) else (output,)
-    pooled = [s.detach().float().mean(1) if s.dim() == 3 else s.detach().float().mean((2, 3))
-              for s in streams if isinstance(s, torch.Tensor) and s.dim() in (3, 4)]
+    pooled = []
+    for s in streams:
+        if isinstance(s, torch.Tensor) and s.dim() in (3, 4):
+            flat = s.detach().float().flatten(2).transpose(1, 2) if s.dim() == 4 else s.detach().float()  # (B, tokens, D)
+            pooled += [flat.mean(1), flat.amax(1)]
     return torch.cat(pooled, 1)
 
 
 def default_probe_block(network: torch.nn.Module) -> torch.nn.Module:
-    """The last block of the network's first block list whose output still carries every stream
-    (MMDiT's last joint block drops the text stream, so the one before it), else the last block."""
+    """The last block of the network's first block list (its output is the image stream the
+    final layer turns into the prediction)."""
     for child in network.children():
         if isinstance(child, torch.nn.ModuleList) and len(child):
-            blocks = list(child)
-            pre_only = getattr(blocks[-1], "context_pre_only", False)
-            return blocks[-2] if pre_only and len(blocks) > 1 else blocks[-1]
+            return child[-1]
     raise ValueError(f"{type(network).__name__} has no block list (a ModuleList child) to read hidden features from; pass block=")
 
 
@@ -261,10 +262,12 @@ class HiddenProbeProxy:
     """A probe from the denoiser's own hidden features to the final reward: never decodes, never
     calls the reward model.
 
-    A forward hook on ``block`` (default: ``default_probe_block``) keeps the token-pooled output of
-    the network's latest pass (``pool_block_output``; under CFG both halves side by side per row).
-    At a checkpoint that pass is the previous step's, the one that computed x0_hat, so the features
-    cost a mean over tokens. Scores s = f @ w_t (one w_t per checkpoint step) select by exact OVF.
+    A forward hook on ``block`` (default: ``default_probe_block``, the last) keeps the token-pooled
+    output of the network's latest pass (``pool_block_output``: mean and max over the tokens; under
+    CFG both halves side by side per row). At a checkpoint that pass is the previous step's, the
+    one that computed x0_hat, so the features cost a reduction over tokens. Scores s = f @ w_t (one
+    w_t per checkpoint step) select by exact OVF. The strong default ridge (10, on standardised
+    features) suits the few hundred within-group pairs an online fit has early on.
 
     ``observe(rollout, final_rewards)`` after each rollout pairs the survivors' features (kept in
     the rollout's prune log) with their final rewards, both minus their group's mean (only the order
@@ -278,7 +281,7 @@ class HiddenProbeProxy:
     name = "hidden"
     capturable = True
 
-    def __init__(self, network: torch.nn.Module, block: torch.nn.Module | None = None, ridge: float = 0.1, min_samples: int = 64,
+    def __init__(self, network: torch.nn.Module, block: torch.nn.Module | None = None, ridge: float = 10.0, min_samples: int = 64,
                  buffer_size: int = 4096):
         self.ridge, self.min_samples, self.buffer_size = ridge, min_samples, buffer_size
         self.block = block if block is not None else default_probe_block(network)

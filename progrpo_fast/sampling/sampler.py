@@ -178,6 +178,7 @@ class ExpandPruneSampler:
             raise ValueError(f"history_dtype must be one of {list(HISTORY_DTYPES.values())}, got {history_dtype!r}")
         self.model, self.schedule, self.id_stride = model, schedule, id_stride
         self.proxy = proxy if proxy is not None else LatentProxy()
+        self.step_context = lambda step: contextlib.nullcontext()  # step -> context around that step's network evaluation
         self.stepper = Stepper(model.kind, method, eta, model.schedule(schedule.num_steps), noise_steps)
         self.segments = segments(schedule)
         self.history_device = torch.device(model.device if history_device is None else history_device)
@@ -236,7 +237,9 @@ class ExpandPruneSampler:
         for step in range(segment.start, segment.stop):
             x = history[:, step].to(device, torch.float32, non_blocking=True)  # the recorded x_t, as the trainer reads it
             eps = None if stepper.deterministic(step) else keyed_noise(seed, ids, step + 1, x.shape)
-            out = stepper(step, x, model.predict(x, stepper.timesteps[step], cond), eps=eps)
+            with self.step_context(step):
+                velocity = model.predict(x, stepper.timesteps[step], cond)
+            out = stepper(step, x, velocity, eps=eps)
             history[:, step + 1] = out.x_next
             if self.history_dtype == torch.float32:
                 log_probs[:, step] = out.log_prob

@@ -108,7 +108,7 @@ class ModelConfig:
     resolution: int | None = option(None, optional((lambda v: v >= 8 and v % 8 == 0, "a multiple of 8, >= 8")))
     width: int | None = option(None, optional((lambda v: v >= 8 and v % 8 == 0, "a multiple of 8, >= 8")))
     num_frames: int | None = option(None, optional((lambda v: v >= 1 and (v - 1) % 4 == 0, "4k + 1 frames (the Wan VAE compresses time 4x)")))
-    guidance_scale: float = option(4.5, non_negative())
+    guidance_scale: float = option(1.0, non_negative())
     max_sequence_length: int | None = option(None, optional(at_least(1)))
     attention: Literal["sdpa", "xformers"] = option("sdpa")
 
@@ -141,13 +141,13 @@ class SamplerConfig:
         from, and scores, the rounded latents, so the trainer replays the same transitions).
     """
 
-    schedule: str = option("16:3=8,5=4@8")
+    schedule: str = option("16:2=8,3=4@5")
     proxy: Literal["latent", "reward", "probe", "hidden", "random"] = option("reward")
     method: Literal["sde", "cps", "ode", "ddim"] = option("sde")
     eta: float = option(0.7, non_negative())
     noise_steps: list[int] | None = option([0, 1])
     grid: int = option(4, at_least(1))
-    prompts_per_iteration: int = option(4, at_least(1))
+    prompts_per_iteration: int = option(8, at_least(1))
     static_ovf: bool = option(False)
     cuda_graphs: Literal["auto", "true", "false"] = option("auto")
     trajectory_id_stride: int | None = option(None, optional(at_least(1)))
@@ -189,6 +189,9 @@ class TrainConfig:
     lora_rank: LoRA rank r.
     lora_alpha: LoRA alpha (scale alpha / r).
     lora_targets: module names (suffixes) that get LoRA adapters.
+    adapter_steps: where the LoRA adapter acts when sampling: "all" steps, or "noisy": only at the
+        steps that add noise (the trained ones, sampler.noise_steps), the base model elsewhere, so
+        an update cannot change the untrained deterministic steps.
     beta_kl: weight of the KL penalty to the reference (base) model; 0 disables it.
     clip_range: PPO ratio clip epsilon.
     adv_clip: advantages are clipped to [-adv_clip, adv_clip].
@@ -221,13 +224,14 @@ class TrainConfig:
     lora_rank: int = option(32, at_least(1))
     lora_alpha: int = option(64, at_least(1))
     lora_targets: list[str] = option(["to_q", "to_k", "to_v", "to_out.0"])
+    adapter_steps: Literal["all", "noisy"] = option("all")
     beta_kl: float = option(0.01, non_negative())
     clip_range: float = option(1e-4, positive())
     adv_clip: float = option(5.0, positive())
     adv_std: Literal["group", "global"] = option("group")
     timestep_fraction: float = option(1.0, (lambda v: 0 < v <= 1, "in (0, 1]"))
     inner_epochs: int = option(1, at_least(1))
-    minibatch_rows: int = option(16, at_least(1))
+    minibatch_rows: int = option(32, at_least(1))
     grad_accum: int = option(1, at_least(1))
     grad_clip: float = option(1.0, positive())
     ema_decay: float | None = option(None, optional((lambda v: 0 < v < 1, "in (0, 1)")))
@@ -260,9 +264,9 @@ class LogConfig:
     tensorboard: bool = option(False)
     wandb: bool = option(False)
     progress: bool = option(True)
-    eval_prompts: int = option(4, at_least(0))
-    eval_per_prompt: int = option(32, at_least(1))
-    eval_every: int = option(0, at_least(0))
+    eval_prompts: int = option(96, at_least(0))
+    eval_per_prompt: int = option(8, at_least(1))
+    eval_every: int = option(60, at_least(0))
 
 
 @dataclass
@@ -277,7 +281,7 @@ class PromptsConfig:
     """
 
     source: str = option("shapes")
-    pool: int = option(4, at_least(0))
+    pool: int = option(512, at_least(0))
 
 
 # ----------------------------------------------------------------------------------- type checks
@@ -482,6 +486,8 @@ class Config:
             raise ValueError("reward.weights uses the 'http' reward but reward.http_url is not set: pass reward.http_url=http://HOST:PORT/PATH")
         if reward.http_url is not None and not reward.http_url.startswith(("http://", "https://")):
             raise ValueError(f"config key 'reward.http_url' must start with http:// or https://, got {reward.http_url!r}")
+        if train.adapter_steps == "noisy" and not train.lora:
+            raise ValueError("train.adapter_steps=noisy switches a LoRA adapter off at the deterministic steps: it needs train.lora=true")
         if train.lora and not train.lora_targets:
             raise ValueError("config key 'train.lora_targets' must name at least one module when train.lora is true, e.g. [to_q, to_k, to_v, to_out.0]")
 

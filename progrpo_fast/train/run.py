@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import random
 import time
 from pathlib import Path
@@ -163,13 +164,28 @@ def evaluation_prompts(config, held_out: bool) -> list[str]:
     return build_prompts(config, EVAL_PROMPT_STREAM, use_pool=False)(0, 0, config.log.eval_prompts)
 
 
-class Loggers:
-    """JSONL always; TensorBoard and W&B when enabled and installed (a clear note otherwise)."""
+def logged_iteration(line: str) -> float:
+    """The iteration of one log.jsonl line; inf for a blank or torn (partly written) line."""
+    try:
+        return json.loads(line)["iteration"]
+    except (json.JSONDecodeError, KeyError, TypeError):
+        return math.inf
 
-    def __init__(self, config, out_dir: Path, resume: bool):
+
+class Loggers:
+    """JSONL always; TensorBoard and W&B when enabled and installed (a clear note otherwise).
+    ``resumed_at``: the iteration a resumed run continues from (log.jsonl keeps the iterations
+    before it, so iterations a crash ran past the checkpoint are not logged twice); None: a new run."""
+
+    def __init__(self, config, out_dir: Path, resumed_at: int | None):
         self.jsonl = out_dir / "log.jsonl"
-        if not resume and self.jsonl.exists():
-            self.jsonl.unlink()
+        if resumed_at is None:
+            self.jsonl.unlink(missing_ok=True)
+        elif self.jsonl.exists():
+            kept = [line for line in self.jsonl.read_text().splitlines() if logged_iteration(line) < resumed_at]
+            tmp = self.jsonl.with_suffix(".jsonl.tmp")
+            tmp.write_text("".join(line + "\n" for line in kept))
+            tmp.replace(self.jsonl)
         self.tensorboard = self.wandb = None
         if config.log.tensorboard:
             try:
@@ -206,8 +222,6 @@ class Loggers:
 def save_grid(images, path: Path, columns: int, scale: int = 1) -> Path:
     """(B, 3, H, W) in [0, 1] -> one PNG grid, ``columns`` images a row, each enlarged ``scale``
     times (nearest neighbour)."""
-    from PIL import Image
-
     if scale > 1:
         images = images.repeat_interleave(scale, dim=2).repeat_interleave(scale, dim=3)
     batch, _, height, width = images.shape
@@ -216,17 +230,24 @@ def save_grid(images, path: Path, columns: int, scale: int = 1) -> Path:
     for i, image in enumerate(images):
         r, c = divmod(i, columns)
         grid[:, r * height : (r + 1) * height, c * width : (c + 1) * width] = image
-    array = (grid.clamp(0, 1) * 255).round().byte().permute(1, 2, 0).cpu().numpy()
     path.parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(array).save(path)
+    pil_image(grid).save(path)
     return path
 
 
+def pil_image(image: torch.Tensor):
+    """(3, H, W) in [0, 1] -> an 8-bit RGB PIL image."""
+    from PIL import Image
+
+    return Image.fromarray((image.clamp(0, 1) * 255).round().byte().permute(1, 2, 0).cpu().numpy())
+
+
 @torch.no_grad()
-def evaluate(config, model, reward, held_out: bool = False) -> dict:
+def evaluate(config, model, reward, held_out: bool = False, step_context=None) -> dict:
     """Mean reward of the current policy on evaluation_prompts(config, held_out), log.eval_per_prompt
     samples each, with the training step method and fixed noise (a paired before/after comparison).
-    Returns {"reward_mean", "rewards" (P, n), "images", "prompts"}."""
+    ``step_context``: the policy's per-step context (Trainer.step_context). Returns
+    {"reward_mean", "rewards" (P, n), "images", "prompts"}."""
     from progrpo_fast.sampling.sampler import ExpandPruneSampler
     from progrpo_fast.sampling.schedule import PruneSchedule
 
@@ -235,44 +256,87 @@ def evaluate(config, model, reward, held_out: bool = False) -> dict:
     schedule = PruneSchedule.naive(per_prompt, PruneSchedule.from_string(config.sampler.schedule).num_steps)
     # its own trajectory ids (no training stride): every method of a paired comparison sees the same noise
     sampler = ExpandPruneSampler.from_config(model, schedule, dataclasses.replace(config.sampler, trajectory_id_stride=None))
+    if step_context is not None:
+        sampler.step_context = step_context
     rollout = sampler.sample(prompts, seed=iteration_seed(config.train.seed, 0, EVAL_PROMPT_STREAM))
     images = model.decode(rollout.final_latents.to(model.device))
     rewards = score_images(reward, images, rollout.row_prompts)[1].view(count, per_prompt)
     return {"reward_mean": float(rewards.mean()), "rewards": rewards.cpu(), "images": images.cpu(), "prompts": prompts}
 
 
-def evaluations(config, model, reward) -> dict[str, dict]:
+def evaluations(config, model, reward, step_context=None) -> dict[str, dict]:
     """evaluate() on the evaluation prompts (key "") and, with a caption pool, on as many held-out
     prompts (key "_held_out")."""
-    results = {"": evaluate(config, model, reward)}
+    results = {"": evaluate(config, model, reward, step_context=step_context)}
     if uses_caption_pool(config):
-        results["_held_out"] = evaluate(config, model, reward, held_out=True)
+        results["_held_out"] = evaluate(config, model, reward, held_out=True, step_context=step_context)
     return results
 
 
 def evaluation_summary(results: dict[str, dict], when: str, iteration: int) -> dict:
-    """{"eval_WHEN" (and "eval_WHEN_held_out"): {"iteration", "reward_mean"}} for summary.json."""
-    return {f"eval_{when}{key}": {"iteration": iteration, "reward_mean": result["reward_mean"]} for key, result in results.items()}
+    """{"eval_WHEN" (and "eval_WHEN_held_out"): {"iteration", "reward_mean", "prompt_means"}} for
+    summary.json (prompt_means: each evaluation prompt's mean reward, for paired standard errors)."""
+    return {f"eval_{when}{key}": {"iteration": iteration, "reward_mean": result["reward_mean"],
+                                  "prompt_means": result["rewards"].mean(1).tolist()} for key, result in results.items()}
 
 
-def save_before_after(before: dict, after: dict, path: Path, max_prompts: int = 8, max_samples: int = 8) -> Path:
-    """One row per evaluation prompt (the first ``max_prompts``): its first ``max_samples`` samples
-    before training | a blank | the same noise after (videos: their middle frame)."""
+def paired_change(before: dict, after: dict) -> tuple[float, float]:
+    """(mean change of the evaluation reward, its standard error) from two evaluation summaries of
+    the same prompts and noise: the SE of the mean of the per-prompt changes (samples of one
+    prompt are not independent, so the prompt is the unit)."""
+    changes = torch.tensor(after["prompt_means"], dtype=torch.float64) - torch.tensor(before["prompt_means"], dtype=torch.float64)
+    se = float(changes.std() / math.sqrt(len(changes))) if len(changes) > 1 else float("nan")
+    return after["reward_mean"] - before["reward_mean"], se
+
+
+def save_before_after(before: dict, after: dict, path: Path, iterations: tuple[int, int], max_prompts: int = 8, max_samples: int = 8) -> Path:
+    """A labelled grid: per evaluation prompt (the first ``max_prompts``) its caption, then its first
+    ``max_samples`` samples before training | the same noise after, each with its reward in its
+    corner; a header names both sides (at ``iterations``) and their mean rewards (videos: their middle frame)."""
+    from PIL import Image, ImageDraw, ImageFont
+
     per_prompt = before["rewards"].shape[1]
-    shown = min(max_samples, per_prompt)
-    rows = min(max_prompts, len(before["prompts"]))
-    still_before, still_after = (x[:, :, x.shape[2] // 2] if x.dim() == 5 else x for x in (before["images"], after["images"]))
-    shape = still_before.shape[1:]
-    tiles = []
+    shown, rows = min(max_samples, per_prompt), min(max_prompts, len(before["prompts"]))
+    stills = [x[:, :, x.shape[2] // 2] if x.dim() == 5 else x for x in (before["images"], after["images"])]
+    scale = max(1, 128 // stills[0].shape[-1])
+    tile = stills[0].shape[-1] * scale
+    gap, band, header = tile // 4, 18, 22
+    width = 2 * shown * tile + gap
+    canvas = Image.new("RGB", (width, header + rows * (band + tile)), "white")
+    draw, font = ImageDraw.Draw(canvas), ImageFont.load_default(size=13)
+    for side, (result, images, iteration) in enumerate(zip((before, after), stills, iterations)):
+        left = side * (shown * tile + gap)
+        title = f"{'before' if side == 0 else 'after'}: iteration {iteration}, mean reward {float(result['rewards'].mean()):.3f}"
+        draw.text((left + 4, 4), title, fill="black", font=font)
+        for p in range(rows):
+            top = header + p * (band + tile) + band
+            for j in range(shown):
+                x = left + j * tile
+                canvas.paste(pil_image(images[p * per_prompt + j]).resize((tile, tile), Image.NEAREST), (x, top))
+                label = f"{float(result['rewards'][p, j]):.2f}"
+                box = draw.textbbox((x + 2, top + 1), label, font=font)
+                draw.rectangle(box, fill="black")
+                draw.text((x + 2, top + 1), label, fill="white", font=font)
     for p in range(rows):
-        first = slice(p * per_prompt, p * per_prompt + shown)
-        tiles += [*still_before[first], torch.ones(shape), *still_after[first]]
-    scale = max(1, 128 // shape[-1])
-    return save_grid(torch.stack(tiles), path, columns=2 * shown + 1, scale=scale)
+        draw.text((4, header + p * (band + tile) + 2), before["prompts"][p], fill="black", font=font)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    canvas.save(path)
+    return path
 
 
-def plot_reward_curve(jsonl: Path, out_png: Path) -> Path | None:
-    """reward_mean per iteration from the JSONL log -> PNG (None when matplotlib is missing)."""
+def smoothed(values: list[float], window: int) -> list[float]:
+    """Trailing moving average over up to ``window`` values."""
+    out, total = [], 0.0
+    for i, value in enumerate(values):
+        total += value - (values[i - window] if i >= window else 0.0)
+        out.append(total / min(i + 1, window))
+    return out
+
+
+def plot_reward_curve(jsonl: Path, out_png: Path, evaluations: dict[str, list[tuple[int, float]]] | None = None) -> Path | None:
+    """The survivors' mean reward per iteration (and its moving average over 10 iterations) from
+    the JSONL log, with ``evaluations`` (label -> [(iteration, reward)]) as marked lines -> PNG
+    (None when matplotlib is missing)."""
     try:
         import matplotlib
 
@@ -282,13 +346,17 @@ def plot_reward_curve(jsonl: Path, out_png: Path) -> Path | None:
         print("[progrpo-fast] matplotlib is not installed: no reward-curve PNG (pip install matplotlib)")
         return None
     records = [json.loads(line) for line in jsonl.read_text().splitlines() if line.strip()]
-    its = [r["iteration"] for r in records]
-    fig, ax = plt.subplots(figsize=(6, 3.5), dpi=120)
-    ax.plot(its, [r["reward_mean"] for r in records], label="survivors' mean reward")
+    its, rewards = [r["iteration"] + 1 for r in records], [r["reward_mean"] for r in records]
+    fig, ax = plt.subplots(figsize=(6.5, 3.8), dpi=120)
+    line, = ax.plot(its, rewards, lw=0.8, alpha=0.35, label="rollouts: survivors' mean reward")
+    ax.plot(its, smoothed(rewards, 10), color=line.get_color(), lw=2, label="rollouts, moving average of 10")
+    for i, (label, points) in enumerate((evaluations or {}).items()):
+        if points:
+            ax.plot(*zip(*sorted(points)), marker="o", color=f"C{i + 1}", label=label)
     ax.set_xlabel("iteration")
     ax.set_ylabel("reward")
     ax.grid(alpha=0.3)
-    ax.legend()
+    ax.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(out_png)
     plt.close(fig)
@@ -316,19 +384,20 @@ def train(config, resume: bool = False, model=None, reward=None) -> dict:
             print(f"[progrpo-fast] resumed from iteration {trainer.iteration} ({store.directory})")
     main_rank = dist.rank == 0
     evaluates = bool(config.log.eval_prompts) and (main_rank or dist.sharded)  # a sharded network needs every rank
-    loggers = Loggers(config, out_dir, resume) if main_rank else None
+    loggers = Loggers(config, out_dir, trainer.iteration if resume else None) if main_rank else None
     bar = tqdm(total=config.train.iterations, initial=trainer.iteration, disable=not (config.log.progress and main_rank),
                desc="Pro-GRPO", unit="it")
     summary = {}
     if evaluates:
-        before = evaluations(config, model, reward)
+        before = evaluations(config, model, reward, trainer.step_context)
         summary.update(evaluation_summary(before, "before", trainer.iteration))
     history, started = [], time.perf_counter()
     while trainer.iteration < config.train.iterations:
         metrics = trainer.train_iteration()
         every = config.log.eval_every
-        if evaluates and every and trainer.iteration % every == 0:
-            metrics["eval_reward"] = evaluate(config, model, reward)["reward_mean"]
+        if evaluates and every and trainer.iteration % every == 0 and trainer.iteration < config.train.iterations:  # the last: eval_after
+            for key, result in evaluations(config, model, reward, trainer.step_context).items():
+                metrics["eval_reward" + key] = result["reward_mean"]
         history.append(metrics)
         due = trainer.iteration % config.log.checkpoint_every == 0 or trainer.iteration == config.train.iterations
         state = trainer.state_dict() if due and (main_rank or dist.sharded) else None
@@ -343,16 +412,31 @@ def train(config, resume: bool = False, model=None, reward=None) -> dict:
     summary.update(iterations=trainer.iteration, seconds=time.perf_counter() - started, history=history,
                    **trajectory_step_savings(trainer.schedule))
     if evaluates:
-        after = evaluations(config, model, reward)
+        after = evaluations(config, model, reward, trainer.step_context)
         summary.update(evaluation_summary(after, "after", trainer.iteration))
     if main_rank:
         loggers.close()
-        summary["reward_curve"] = plot_reward_curve(loggers.jsonl, out_dir / "reward_curve.png")
-        if config.log.eval_prompts:
-            summary["before_after_grid"] = save_before_after(before[""], after[""], out_dir / "before_after.png")
+        summary["reward_curve"] = plot_reward_curve(loggers.jsonl, out_dir / "reward_curve.png", evaluation_curves(config, summary, loggers.jsonl))
+        if evaluates:
+            iterations = (summary["eval_before"]["iteration"], trainer.iteration)
+            summary["before_after_grid"] = save_before_after(before[""], after[""], out_dir / "before_after.png", iterations)
         record = {k: (str(v) if isinstance(v, Path) else v) for k, v in summary.items() if k != "history"}
         (out_dir / "summary.json").write_text(json.dumps(record, indent=2) + "\n")
     return summary
+
+
+def evaluation_curves(config, summary: dict, jsonl: Path) -> dict[str, list[tuple[int, float]]]:
+    """Label -> [(iteration, reward)] of each evaluation: before, every log.eval_every (from the
+    log, earlier runs of a resumed one included) and after."""
+    records = [json.loads(line) for line in jsonl.read_text().splitlines() if line.strip()]
+    curves = {}
+    for key, label in (("", "training-pool captions" if uses_caption_pool(config) else "evaluation prompts"), ("_held_out", "held-out captions")):
+        if "eval_after" + key in summary:
+            before, after = summary["eval_before" + key], summary["eval_after" + key]
+            logged = [(r["iteration"] + 1, r["eval_reward" + key]) for r in records if "eval_reward" + key in r]
+            curves[f"{label} ({config.log.eval_prompts} x {config.log.eval_per_prompt}, fixed noise)"] = [
+                (before["iteration"], before["reward_mean"]), *logged, (after["iteration"], after["reward_mean"])]
+    return curves
 
 
 def trajectory_step_savings(schedule) -> dict:

@@ -143,6 +143,7 @@ class Trainer:
         self._setup_trainable(train)
         if train.gradient_checkpointing:  # before sharding: FSDP2 units then run inside the checkpointed blocks
             self.network.enable_gradient_checkpointing()
+        self.sampler.step_context = self.step_context
         if self.dist.sharded:
             fully_shard_network(self.network)
             if self.reference_copy is not None:
@@ -196,6 +197,14 @@ class Trainer:
                 yield
             finally:
                 self.model.network = self.network
+
+    def step_context(self, step: int):
+        """The context of step ``step``'s network evaluation in sampling: with
+        train.adapter_steps=noisy the base model (LoRA off) at the steps that add no noise, so the
+        policy differs from the base model only where it is trained."""
+        if self.config.train.adapter_steps == "noisy" and self.sampler.stepper.deterministic(step):
+            return self.reference_model()
+        return contextlib.nullcontext()
 
     def autocast(self):
         dtype = AUTOCAST[self.config.train.mixed_precision]
