@@ -71,17 +71,19 @@ def save_results(path: Path, payload: dict, command: str) -> None:
 
 @contextlib.contextmanager
 def locked(path: Path):
-    """An exclusive lock on ``path`` (a sibling .lock file) across processes: several benchmark
-    processes may add to one results file, each re-reading it under the lock before it writes."""
+    """An exclusive lock across processes on the folder of ``path`` (no lock file is left
+    behind): several benchmark processes may add to one results file, each re-reading it under
+    the lock before it writes."""
     import fcntl
 
     path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path.with_suffix(path.suffix + ".lock"), "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(lock, fcntl.LOCK_UN)
+    folder = os.open(path.parent, os.O_RDONLY)
+    try:
+        fcntl.flock(folder, fcntl.LOCK_EX)
+        yield
+    finally:
+        fcntl.flock(folder, fcntl.LOCK_UN)
+        os.close(folder)
 
 
 def add_to_results(path: Path, setup: dict, empty: dict, command: str, update) -> dict:

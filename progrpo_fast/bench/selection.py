@@ -18,15 +18,16 @@ COLUMNS = {"method": "proxy", "checkpoint_step": "checkpoint", "groups": "groups
            "kept_minus_random_ci": "95% CI over groups", "proxy_ms_per_call": "proxy ms / checkpoint"}
 
 
-def selection_quality(base: str | None, methods: list[Method], batches: int, prompts_per_batch: int, seed: int = 0,
-                      random_draws: int = 64, overrides=()) -> list[dict]:
+def selection_quality(base: str | None, methods: list[Method], batches: int, prompts_per_batch: int, random_draws: int = 64,
+                      overrides=()) -> list[dict]:
     """For each pruning method and checkpoint: the mean over groups of the final-reward std of the
     rows the proxy kept, of the exact-OVF optimum on the final rewards (the oracle), and of a
     random subset of the same size (with the per-group margin kept - random, its standard error
     over groups and a normal 95% CI); and the proxy's mean wall time per checkpoint call. Survivors'
     trajectories equal the same trajectory ids of an unpruned rollout (noise is keyed by trajectory
     id), so one unpruned rollout gives every row's final reward. Proxies that learn (probe, hidden)
-    observe every batch's survivors and are scored on the second half of the batches."""
+    observe every batch's survivors and are scored on the second half of the batches. Prompts and
+    noise are keyed by train.seed (``--set train.seed=S`` draws another set)."""
     from progrpo_fast import ops
     from progrpo_fast.sampling.proxies import build_proxy
     from progrpo_fast.sampling.sampler import ExpandPruneSampler
@@ -34,6 +35,7 @@ def selection_quality(base: str | None, methods: list[Method], batches: int, pro
     from progrpo_fast.train.trainer import iteration_seed, score_images
 
     config = method_config(base, methods[0], overrides)
+    seed = config.train.seed
     trainer = build_trainer(config)
     model, reward = trainer.model, trainer.reward
     schedule = PruneSchedule.from_string(methods[0].schedule)
