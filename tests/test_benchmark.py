@@ -233,6 +233,21 @@ def test_reward_per_compute_is_resumable_and_refuses_another_setup(tmp_path, mon
         reward.reward_per_compute(None, methods, [0], 2, 1, path, "test", overrides)
 
 
+def test_results_written_before_a_config_key_existed_take_rows_at_its_default():
+    current = {"config": None, "overrides": [], "resolved": load_config(None, []).to_dict(), "budget_iterations": 4}
+    stored = json.loads(json.dumps(current))
+    del stored["resolved"]["sampler"]["history_dtype"], stored["resolved"]["train"]["recompute_old_logprobs"]
+    assert results.same_setup(stored, current)
+    changed = json.loads(json.dumps(current))
+    changed["resolved"]["sampler"]["history_dtype"] = "bf16"  # a new key away from its default
+    assert not results.same_setup(stored, changed)
+    changed = json.loads(json.dumps(current))
+    changed["resolved"]["train"]["lr"] *= 2  # a key the file knew
+    assert not results.same_setup(stored, changed)
+    assert not results.same_setup(current, {**current, "budget_iterations": 5})
+    assert not results.same_setup(current, stored)  # a key the run no longer has
+
+
 def test_evaluation_iterations_are_evenly_spaced_and_end_at_the_last():
     assert reward.evaluation_iterations(10, 4) == [2, 5, 8, 10]
     assert reward.evaluation_iterations(3, 5) == [1, 2, 3]

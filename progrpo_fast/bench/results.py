@@ -54,10 +54,32 @@ def load_results(path: Path, setup: dict, empty: dict) -> dict:
     if not path.exists():
         return {"setup": setup, **empty}
     payload = json.loads(path.read_text())
-    if payload.get("setup") != setup:
+    if not same_setup(payload.get("setup"), setup):
         raise ValueError(f"{path} holds results of another setup ({payload.get('setup')}); this run's is {setup}: "
                          "pass another --out folder, or move the file away to start over")
     return payload
+
+
+def same_setup(stored, current, defaults: dict | None = None) -> bool:
+    """Whether a results file written with ``stored`` may take rows of a run with ``current``:
+    equal, except that config keys added since the file was written (absent from its
+    ``resolved`` config) are accepted at their default values."""
+    from progrpo_fast.train.config import Config
+
+    if not (isinstance(stored, dict) and isinstance(current, dict) and "resolved" in current):
+        return stored == current
+    defaults = Config().to_dict() if defaults is None else defaults
+    old_config, new_config = stored.get("resolved"), current["resolved"]
+    if not isinstance(old_config, dict) or {k: v for k, v in stored.items() if k != "resolved"} != \
+            {k: v for k, v in current.items() if k != "resolved"} or old_config.keys() != new_config.keys():
+        return stored == current
+    for section, values in new_config.items():
+        known = old_config[section]
+        added = {key: value for key, value in values.items() if key not in known}
+        if {key: value for key, value in values.items() if key in known} != known or \
+                any(value != defaults.get(section, {}).get(key, object()) for key, value in added.items()):
+            return False
+    return True
 
 
 def save_results(path: Path, payload: dict, command: str) -> None:
