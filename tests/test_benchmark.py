@@ -314,6 +314,16 @@ def test_cli_bench_reports_a_bad_option_value_as_an_error(capsys, tmp_path):
     assert "--window must be in [1, --iterations=2]" in capsys.readouterr().err
 
 
+def test_bench_hides_third_party_warnings_raised_on_import_unless_verbose():
+    import subprocess
+    import sys
+
+    code = "from progrpo_fast.bench import main; main(['-h'])"
+    quiet = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert quiet.returncode == 0 and "throughput" in quiet.stdout
+    assert "[transformers]" not in quiet.stderr and "requires torchvision" not in quiet.stderr, quiet.stderr
+
+
 def test_select_methods_keeps_the_named_order_and_rejects_unknown_names():
     methods = paired_methods("16:3=8,5=4@8")
     assert select_methods(methods, None) == methods

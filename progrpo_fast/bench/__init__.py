@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import importlib
-import sys
 from pathlib import Path
 
 BENCHMARKS = {
@@ -25,11 +24,14 @@ BENCHMARKS = {
 }
 
 
-def main(argv: list[str] | None = None) -> int:
+def main(argv: list[str]) -> int:
     import torch
 
     from progrpo_fast.bench.results import RESULTS_DIR
+    from progrpo_fast.cli import quiet_third_party
 
+    if not {"-v", "--verbose"} & set(argv):
+        quiet_third_party()  # before the benchmark modules import transformers, which warns on import
     parser = argparse.ArgumentParser(prog="progrpo-fast bench", description="Benchmarks against naive GRPO.")
     names = parser.add_subparsers(dest="name", required=True, metavar="NAME")
     modules = {}
@@ -43,12 +45,8 @@ def main(argv: list[str] | None = None) -> int:
         sub.add_argument("-v", "--verbose", action="store_true", help="also show third-party warnings and model-loading progress bars")
         module.add_arguments(sub)
     args = parser.parse_args(argv)
-    if not args.verbose:
-        from progrpo_fast.cli import quiet_third_party
-
-        quiet_third_party()
     tag = args.tag or ("cuda" if torch.cuda.is_available() else "cpu")
-    command = "progrpo-fast bench " + " ".join(sys.argv[2:] if argv is None else argv)
+    command = "progrpo-fast bench " + " ".join(argv)
     path = modules[args.name].run(args, command, tag)
     print(f"wrote {path}")
     return 0
