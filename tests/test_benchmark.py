@@ -324,6 +324,14 @@ def test_bench_hides_third_party_warnings_raised_on_import_unless_verbose():
     assert "[transformers]" not in quiet.stderr and "requires torchvision" not in quiet.stderr, quiet.stderr
 
 
+def test_seeds_option_takes_a_count_or_a_range_and_rejects_others(capsys):
+    assert results.seed_range("3") == [0, 1, 2] and results.seed_range("4-7") == [4, 5, 6, 7]
+    for bad in ("0", "7-4", "-2", "two"):
+        with pytest.raises(SystemExit):
+            bench_main(["reward", "--seeds", bad])
+        assert "--seeds: expected N (seeds 0..N-1, N >= 1) or A-B" in capsys.readouterr().err
+
+
 def test_select_methods_keeps_the_named_order_and_rejects_unknown_names():
     methods = paired_methods("16:3=8,5=4@8")
     assert select_methods(methods, None) == methods

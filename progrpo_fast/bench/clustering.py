@@ -15,7 +15,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from progrpo_fast.bench.methods import Method, paired_methods
-from progrpo_fast.bench.results import load_results, markdown_table, pyplot, save_figure, save_results, write_results
+from progrpo_fast.bench.results import load_results, markdown_table, pyplot, save_figure, save_results, seed_range, write_results
 from progrpo_fast.bench.reward import bootstrap_ci, train_curve
 from progrpo_fast.sampling.schedule import PruneSchedule
 
@@ -107,7 +107,7 @@ def plot(rows: list[dict], naive: str, path: Path) -> Path:
 
 
 def add_arguments(parser) -> None:
-    parser.add_argument("--seeds", type=int, default=4, help="paired seeds 0..N-1 (default 4)")
+    parser.add_argument("--seeds", type=seed_range, default="4", help="paired seeds 0..N-1, or A-B for seeds A..B (default 4)")
     parser.add_argument("--iterations", type=int, default=60, help="training iterations of each method (default 60)")
     parser.add_argument("--window", type=int, default=10, help="iterations at the start and at the end whose |A_i| are kept (default 10)")
 
@@ -123,7 +123,7 @@ def run(args, command: str, tag: str) -> Path:
              "iterations": args.iterations, "window": args.window}
     payload = load_results(path, setup, {"rows": []})
     done = {(r["method"], r["seed"]) for r in payload["rows"]}
-    for seed in range(args.seeds):
+    for seed in args.seeds:
         for method in (naive, static):
             if (method.name, seed) not in done:
                 print(f"[bench clustering] {method.name} seed {seed}: {args.iterations} iterations", flush=True)

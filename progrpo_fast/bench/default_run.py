@@ -8,7 +8,7 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
-from progrpo_fast.bench.results import load_results, markdown_table, save_results
+from progrpo_fast.bench.results import load_results, markdown_table, save_results, seed_range
 
 DESCRIPTION = "the default training run over seeds: pool and held-out captions' reward before/after, with standard errors"
 COLUMNS = {"seed": "seed", "pool_before": "pool before", "pool_after": "pool after", "pool_change": "pool change", "pool_change_se": "SE",
@@ -42,7 +42,7 @@ def across_seeds(rows: list[dict], name: str) -> tuple[float, float]:
 
 
 def add_arguments(parser) -> None:
-    parser.add_argument("--seeds", type=int, default=3, help="seeds 0..N-1 (default 3)")
+    parser.add_argument("--seeds", type=seed_range, default="3", help="seeds 0..N-1, or A-B for seeds A..B (default 3)")
     parser.add_argument("--runs", type=Path, default=Path("runs/bench-default"), help="run folders (default runs/bench-default)")
 
 
@@ -55,7 +55,7 @@ def run(args, command: str, tag: str) -> Path:
     setup = {"config": args.config, "overrides": list(args.overrides), "resolved": load_config(args.config, args.overrides).to_dict()}
     payload = load_results(path, setup, {"rows": []})
     done = {r["seed"] for r in payload["rows"]}
-    for seed in range(args.seeds):
+    for seed in args.seeds:
         if seed not in done:
             print(f"[bench default] seed {seed}", flush=True)
             payload["rows"].append(run_seed(args.config, seed, args.runs, args.overrides))

@@ -2,6 +2,7 @@
 the reproducing command), resumable results JSONs that a rerun adds to, Markdown tables."""
 from __future__ import annotations
 
+import argparse
 import contextlib
 import csv
 import json
@@ -32,6 +33,19 @@ def cpu_name() -> str:
     except OSError:
         pass
     return platform.processor() or platform.machine()
+
+
+def seed_range(text: str) -> list[int]:
+    """``--seeds`` values: ``N`` -> seeds 0..N-1, ``A-B`` -> seeds A..B (so processes or machines
+    can split one table's seeds)."""
+    first, dash, last = text.partition("-")
+    try:
+        seeds = list(range(int(first), int(last) + 1)) if dash else list(range(int(first)))
+    except ValueError:
+        seeds = []
+    if not seeds or seeds[0] < 0:
+        raise argparse.ArgumentTypeError(f"expected N (seeds 0..N-1, N >= 1) or A-B (seeds A..B, 0 <= A <= B), got {text!r}")
+    return seeds
 
 
 def write_results(out_dir: Path, name: str, rows: list[dict], command: str, extra: dict | None = None) -> Path:

@@ -23,7 +23,7 @@ import torch
 
 from progrpo_fast.bench.cost_model import flops_per_iteration
 from progrpo_fast.bench.methods import Method, build_trainer, method_config, paired_methods, select_methods
-from progrpo_fast.bench.results import add_to_results, load_results, locked, markdown_table, pyplot, save_figure, save_results, write_results
+from progrpo_fast.bench.results import add_to_results, load_results, locked, markdown_table, pyplot, save_figure, save_results, seed_range, write_results
 
 DESCRIPTION = "reward per compute, paired seeds, resumable (bootstrap CIs of the final difference and the compute to reach)"
 SUMMARY_COLUMNS = {"method": "method", "seeds": "paired seeds", "reward_start": "reward at 0", "reward_final": "final (seed mean)",
@@ -199,7 +199,7 @@ def add_arguments(parser) -> None:
                                                         "(default: naive-G_max, naive-K, static-ovf, pro-grpo-<each proxy>)")
     parser.add_argument("--only", default=None, help="train only these of --methods (comma-separated), e.g. while another process "
                                                      "trains the others into the same file")
-    parser.add_argument("--seeds", type=int, default=8, help="seeds 0..N-1 per method (default 8)")
+    parser.add_argument("--seeds", type=seed_range, default="8", help="seeds per method: N for 0..N-1, or A-B (default 8)")
     parser.add_argument("--budget", type=int, default=40, help="FLOP budget in iterations of the first method (default 40)")
     parser.add_argument("--evaluations", type=int, default=4, help="evaluations along the budget, besides iteration 0 (default 4)")
 
@@ -208,7 +208,7 @@ def run(args, command: str, tag: str) -> Path:
     methods = select_methods(default_methods(args.config, args.overrides), args.methods)
     path = args.out / f"reward_per_compute_{tag}.json"
     only = None if args.only is None else {m.name for m in select_methods(methods, args.only)}
-    reward_per_compute(args.config, methods, list(range(args.seeds)), args.budget, args.evaluations, path, command, args.overrides, only)
+    reward_per_compute(args.config, methods, args.seeds, args.budget, args.evaluations, path, command, args.overrides, only)
     with locked(path):  # the summary covers every method in the file, other processes' included
         payload = json.loads(path.read_text())
         present = {r["method"] for r in payload["rows"]}
