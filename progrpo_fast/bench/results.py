@@ -74,26 +74,17 @@ def load_results(path: Path, setup: dict, empty: dict) -> dict:
     return payload
 
 
-def same_setup(stored, current, defaults: dict | None = None) -> bool:
+def same_setup(stored, current) -> bool:
     """Whether a results file written with ``stored`` may take rows of a run with ``current``:
-    equal, except that config keys added since the file was written (absent from its
-    ``resolved`` config) are accepted at their default values."""
+    equal once the config keys added since the file was written (absent from its ``resolved``
+    config) are filled in at their defaults."""
     from progrpo_fast.train.config import Config
 
-    if not (isinstance(stored, dict) and isinstance(current, dict) and "resolved" in current):
+    if not (isinstance(stored, dict) and isinstance(stored.get("resolved"), dict)):
         return stored == current
-    defaults = Config().to_dict() if defaults is None else defaults
-    old_config, new_config = stored.get("resolved"), current["resolved"]
-    if not isinstance(old_config, dict) or {k: v for k, v in stored.items() if k != "resolved"} != \
-            {k: v for k, v in current.items() if k != "resolved"} or old_config.keys() != new_config.keys():
-        return stored == current
-    for section, values in new_config.items():
-        known = old_config[section]
-        added = {key: value for key, value in values.items() if key not in known}
-        if {key: value for key, value in values.items() if key in known} != known or \
-                any(value != defaults.get(section, {}).get(key, object()) for key, value in added.items()):
-            return False
-    return True
+    defaults = Config().to_dict()
+    resolved = {section: {**defaults.get(section, {}), **values} for section, values in stored["resolved"].items()}
+    return {**stored, "resolved": resolved} == current
 
 
 def save_results(path: Path, payload: dict, command: str) -> None:
