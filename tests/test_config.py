@@ -120,6 +120,7 @@ def test_yaml_boolean_for_a_string_choice_gets_a_quoting_hint():
     ("sampler.eta=-0.1", r"config key 'sampler\.eta' must be >= 0"),
     ("train.iterations=-1", r"config key 'train\.iterations' must be >= 1, got -1"),
     ("sampler.trajectory_id_stride=0", r"config key 'sampler\.trajectory_id_stride' must be null or >= 1, got 0"),
+    ("sampler.forward_rows=0", r"config key 'sampler\.forward_rows' must be null or >= 1, got 0"),
 ])
 def test_out_of_range_values(override, message):
     with raises(message):

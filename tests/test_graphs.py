@@ -42,6 +42,20 @@ def assert_same_rollout(a, b):
             assert (va is None and vb is None) or torch.equal(va, vb), name
 
 
+def assert_close_rollout(a, b, tolerance=1e-5):
+    """Same trajectories and survivors, tensors equal to ``tolerance``."""
+    for name in ("trajectory_ids", "prompt_index"):
+        assert torch.equal(getattr(a, name), getattr(b, name)), name
+    for name in ("latents", "log_probs"):
+        torch.testing.assert_close(getattr(a, name), getattr(b, name), atol=tolerance, rtol=tolerance, msg=name)
+    assert len(a.prune_log) == len(b.prune_log)
+    for ra, rb in zip(a.prune_log, b.prune_log):
+        assert (ra.step, ra.rows_before) == (rb.step, rb.rows_before) and torch.equal(ra.kept_ids, rb.kept_ids)
+        for name in ("variance_all", "variance_kept", "scores"):
+            va, vb = getattr(ra, name), getattr(rb, name)
+            assert (va is None and vb is None) or torch.allclose(va, vb, atol=tolerance, rtol=tolerance), name
+
+
 def reward_proxy():
     return RewardProxy(lambda images, prompts: images.mean((1, 2, 3)) + torch.tensor([len(p) for p in prompts]) * 0.01)
 
@@ -69,6 +83,35 @@ def test_graph_sampler_equals_the_eager_sampler_bitwise(proxy, cfg, noise_steps)
                 probe.observe(rollout, rollout.final_latents.mean((1, 2, 3)))
     if proxy in LEARNING:
         assert proxies[1].graph_key()[-1], "the probe was fitted and sampled with its fitted branch"
+
+
+@pytest.mark.parametrize("proxy", PROXIES)
+@pytest.mark.parametrize("cfg", [True, False])
+@pytest.mark.parametrize("sampler_class", [ExpandPruneSampler, GraphSampler])
+def test_forward_rows_chunks_equal_one_call_per_step(proxy, cfg, sampler_class):
+    """sampler.forward_rows=5 on 12 rows (chunks 5, 5, 2, then 5, 3 after a prune) samples the
+    rollout of one network call per step, with every proxy, CFG on and off: the same survivors,
+    latents and log-probs to fp32 rounding (a matmul's result depends on its batch size)."""
+    model = sd3(4.5 if cfg else 1.0)
+    schedule = PruneSchedule.from_string("6:1=4,3=2@5")
+    proxies = PROXIES[proxy](model), PROXIES[proxy](model)
+    if proxy == "reward":  # as the trainer builds it: the checkpoint decodes and scores in batches of forward_rows
+        proxies[1].batch_size = 5
+    whole = ExpandPruneSampler(model, schedule, proxies[0])
+    chunked = sampler_class(model, schedule, proxies[1], forward_rows=5)
+    for seed in (1, 2):
+        expected, got = whole.sample(PROMPTS, seed), chunked.sample(PROMPTS, seed)
+        assert_close_rollout(got, expected)
+        if proxy in LEARNING:  # fitted after the first rollout: the second selects with the fitted probe
+            for probe, rollout in zip(proxies, (expected, got)):
+                probe.observe(rollout, rollout.final_latents.mean((1, 2, 3)))
+            assert proxies[1].graph_key()[-1]
+
+
+@pytest.mark.parametrize("forward_rows", [0, -2, 2.5, "8"])
+def test_forward_rows_must_be_a_positive_int(forward_rows):
+    with pytest.raises(ValueError, match="forward_rows must be an int >= 1"):
+        ExpandPruneSampler(sd3(), PruneSchedule.from_string("4:2=2@4"), forward_rows=forward_rows)
 
 
 def preset_schedules():

@@ -68,6 +68,24 @@ def test_features_come_from_the_latest_pass_and_cfg_halves_sit_side_by_side():
         proxy.features(3)
 
 
+
+@pytest.mark.parametrize("cfg", [False, True])
+def test_the_calls_inside_one_pass_are_its_row_chunks(cfg):
+    """sampler.forward_rows splits a pass into calls of 3, 3, 1 rows (under CFG each call holds
+    its chunk's [negative; positive] halves): the features equal those of one call."""
+    network = Blocks()
+    proxy = HiddenProbeProxy(network)
+    halves = torch.randn(2 if cfg else 1, 7, 5, DIM // 2)
+    whole = run_pass(network, halves.flatten(0, 1))
+    expected = proxy.features(7)
+    with proxy.one_pass():
+        for start in (0, 3, 6):
+            run_pass(network, halves[:, start : start + 3].flatten(0, 1))
+    assert len(proxy.latest) == 3 and torch.equal(proxy.features(7), expected)
+    assert torch.equal(expected, torch.cat(whole.chunk(2), 1) if cfg else whole)
+    run_pass(network, halves[:, :2].flatten(0, 1))  # a call outside one_pass starts a new pass
+    assert len(proxy.latest) == 1 and proxy.features(2).shape[0] == 2
+
 def test_unfitted_selects_like_the_random_proxy_then_recovers_a_planted_linear_relation():
     gen = torch.Generator().manual_seed(0)
     network = Blocks()

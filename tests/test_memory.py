@@ -1,6 +1,7 @@
 """Memory options for the large models: gradient checkpointing gives the same gradients (on every
 new adapter, and under FSDP2 on 2 gloo processes), and the rollout history offloaded to the host
-or kept in bf16 is the trajectory the trainer replays."""
+or kept in bf16 is the trajectory the trainer replays, and network calls capped at
+sampler.forward_rows rows sample the same rollout."""
 import pytest
 import torch
 from test_trainer import run_two_processes, trainable
@@ -29,6 +30,9 @@ class MeanPixel:
 
     def components(self, images, prompts):
         return {"bright": images.flatten(1).mean(1)}
+
+    def __call__(self, images, prompts):  # the reward proxy's call
+        return self.components(images, prompts)["bright"]
 
 
 def trainer(name, *overrides):
@@ -126,3 +130,22 @@ def test_training_with_the_history_on_the_host_equals_training_without():
         weights.append([p.detach().clone() for p in run.parameters])
     for a, b in zip(*weights):
         assert torch.equal(a, b)
+
+
+@pytest.mark.parametrize("name", ["sd3", "wan"])
+def test_sampler_forward_rows_caps_the_rows_of_every_network_call(name):
+    """sampler.forward_rows=3 on 8 rows (then 4 after the prune): denoiser calls and the reward
+    proxy's and final reward's decodes of <= 3 trajectories, and the rollout of one call per
+    step to fp32 rounding."""
+    chunked, whole = trainer(name, "sampler.forward_rows=3", "sampler.proxy=reward"), trainer(name, "sampler.proxy=reward")
+    assert chunked.sampler.forward_rows == 3 and whole.sampler.forward_rows is None
+    rows, decoded = [], []
+    predict, decode = chunked.model.predict, chunked.model.decode
+    chunked.model.predict = lambda x, timestep, cond: rows.append(x.shape[0]) or predict(x, timestep, cond)
+    chunked.model.decode = lambda latents: decoded.append(latents.shape[0]) or decode(latents)
+    got, expected = chunked.rollout(0)[0], whole.rollout(0)[0]
+    assert rows == [3, 3, 2] * 2 + [3, 1] * 2  # 4 steps: 2 prompts x 4 rows, pruned to x 2 at step 2
+    assert decoded == [3, 3, 2] + [3, 1]  # the checkpoint's 8 x0_hat, then the 4 survivors
+    assert torch.equal(got.trajectory_ids, expected.trajectory_ids)
+    torch.testing.assert_close(got.latents, expected.latents, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(got.log_probs, expected.log_probs, rtol=1e-5, atol=1e-5)

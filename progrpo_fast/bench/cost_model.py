@@ -69,10 +69,10 @@ def predict(counts: IterationCounts, units: UnitCosts) -> dict[str, float]:
 
 def measure_units(trainer, rows: int, repeats: int = 3) -> tuple[UnitCosts, UnitCosts]:
     """(FLOPs, seconds) per row of each unit, on ``rows`` rows of the trainer's model, reward and
-    objective (the units of the cost model)."""
+    objective (the units of the cost model), in the sampler's calls of sampler.forward_rows rows."""
     from torch.utils.flop_counter import FlopCounterMode
 
-    from progrpo_fast.models.base import repeat_rows
+    from progrpo_fast.models.base import decode_rows, repeat_rows
     from progrpo_fast.sampling.sampler import synchronized_clock
     from progrpo_fast.train.trainer import score_images
 
@@ -87,14 +87,14 @@ def measure_units(trainer, rows: int, repeats: int = 3) -> tuple[UnitCosts, Unit
     @torch.no_grad()
     def net():
         with trainer.autocast():
-            model.predict(x, stepper.timesteps[step], cond)
+            trainer.sampler.predict(x, stepper.timesteps[step], cond)
 
     # programmatic rewards cost what the image holds: score real samples, not decoded noise
     sample = trainer.sampler.sample(prompt, seed=0).final_latents[:1]
     sample = sample.expand(rows, *sample.shape[1:]).contiguous()
 
     def score():
-        score_images(trainer.reward, model.decode(sample), prompt * rows)
+        score_images(trainer.reward, decode_rows(model, sample, trainer.config.sampler.forward_rows), prompt * rows)
 
     with torch.no_grad(), trainer.autocast():
         old_log_prob = stepper(step, x, model.predict(x, stepper.timesteps[step], cond), x_next=x_next).log_prob

@@ -9,6 +9,7 @@ import torch
 
 from progrpo_fast.bench.methods import Method, build_trainer, mean, method_config, paired_methods
 from progrpo_fast.bench.results import markdown_table, write_results
+from progrpo_fast.models.base import decode_rows
 from progrpo_fast.sampling.schedule import PruneSchedule
 
 DESCRIPTION = "proxy selection quality against the OVF oracle and random subsets, per checkpoint"
@@ -44,7 +45,8 @@ def selection_quality(base: str | None, methods: list[Method], batches: int, pro
     samplers = {}
     for m in methods:
         sampler_config = method_config(base, m, overrides).sampler
-        proxy = build_proxy(sampler_config.proxy, reward=reward, network=model.network, grid=sampler_config.grid)
+        proxy = build_proxy(sampler_config.proxy, reward=reward, network=model.network, grid=sampler_config.grid,
+                            batch_size=sampler_config.forward_rows)
         samplers[m.name] = ExpandPruneSampler.from_config(model, PruneSchedule.from_string(m.schedule), sampler_config, proxy)
     sums: dict[tuple[str, int], dict[str, list[float]]] = {}
     seconds: dict[str, list[float]] = {name: [] for name in samplers}
@@ -53,7 +55,7 @@ def selection_quality(base: str | None, methods: list[Method], batches: int, pro
         prompts = draw_prompts(batch, 0, prompts_per_batch)
         rollout_seed = iteration_seed(seed, batch, 2000)
         unpruned = full.sample(prompts, seed=rollout_seed)
-        final = score_images(reward, model.decode(unpruned.final_latents), unpruned.row_prompts)[1].cpu()
+        final = score_images(reward, decode_rows(model, unpruned.final_latents, config.sampler.forward_rows), unpruned.row_prompts)[1].cpu()
         final_of = final[unpruned.trajectory_ids.argsort().cpu()]  # by trajectory id
         groups = final_of.view(len(prompts), -1)
         for name, sampler in samplers.items():

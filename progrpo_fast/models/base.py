@@ -40,6 +40,14 @@ class Denoiser(Protocol):
         """Latents (B, C, H, W) -> fp32 images (B, 3, H', W') in [0, 1]."""
 
 
+def decode_rows(model: Denoiser, latents: torch.Tensor, rows: int | None) -> torch.Tensor:
+    """model.decode in calls of at most ``rows`` latents (None: one call): the same images,
+    with the decoder's activation memory capped (sampler.forward_rows)."""
+    if rows is None or latents.shape[0] <= rows:
+        return model.decode(latents)
+    return torch.cat([model.decode(latents[start : start + rows]) for start in range(0, latents.shape[0], rows)])
+
+
 def repeat_rows(cond: dict[str, torch.Tensor], repeats: int) -> dict[str, torch.Tensor]:
     """Per-prompt conditioning -> per-trajectory rows (each prompt's rows consecutive)."""
     return {name: value.repeat_interleave(repeats, 0) for name, value in cond.items()}

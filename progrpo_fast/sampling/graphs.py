@@ -51,8 +51,8 @@ class GraphSampler(ExpandPruneSampler):
     the static buffers."""
 
     def __init__(self, model, schedule, proxy=None, method: str = "sde", eta: float = 0.7, noise_steps=None, id_stride: int | None = None,
-                 history_device=None, history_dtype: torch.dtype = torch.float32, *, warmup: int = 2):
-        super().__init__(model, schedule, proxy, method, eta, noise_steps, id_stride, history_device, history_dtype)
+                 history_device=None, history_dtype: torch.dtype = torch.float32, forward_rows: int | None = None, *, warmup: int = 2):
+        super().__init__(model, schedule, proxy, method, eta, noise_steps, id_stride, history_device, history_dtype, forward_rows)
         if self.history_device.type != model.device.type:
             raise ValueError(f"GraphSampler keeps the rollout history on the model's device ({model.device}), got history_device="
                              f"{self.history_device}; sample eagerly (sampler.cuda_graphs=auto or false) to offload it")

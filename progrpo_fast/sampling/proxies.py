@@ -11,6 +11,7 @@ previous step, no extra network evaluation) and returns flat survivor rows, asce
 """
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass, field
 
 import torch
@@ -84,7 +85,7 @@ class LatentProxy:
 
 class RewardProxy:
     """The paper's proxy: decode x0_hat, score with reward_fn(images (B, 3, H, W) in [0, 1],
-    prompts) -> (B,) rewards, exact scalar OVF. Host work (row prompts, the reward model's own
+    prompts) -> (B,) rewards, in batches of ``batch_size`` rows (None: all), exact scalar OVF. Host work (row prompts, the reward model's own
     preprocessing), so it runs between captured CUDA-graph segments, not inside them."""
 
     name = "reward"
@@ -264,7 +265,7 @@ class HiddenProbeProxy:
 
     A forward hook on ``block`` (default: ``default_probe_block``, the last) keeps the token-pooled
     output of the network's latest pass (``pool_block_output``: mean and max over the tokens; under
-    CFG both halves side by side per row). At a checkpoint that pass is the previous step's, the
+    CFG both halves side by side per row; the calls inside ``one_pass()`` are the chunks of one pass). At a checkpoint that pass is the previous step's, the
     one that computed x0_hat, so the features cost a reduction over tokens. Scores s = f @ w_t (one
     w_t per checkpoint step) select by exact OVF. The strong default ridge (10, on standardised
     features) suits the few hundred within-group pairs an online fit has early on.
@@ -286,23 +287,38 @@ class HiddenProbeProxy:
         self.ridge, self.min_samples, self.buffer_size = ridge, min_samples, buffer_size
         self.block = block if block is not None else default_probe_block(network)
         self.hook = self.block.register_forward_hook(self._keep)
-        self.latest: torch.Tensor | None = None
+        self.latest: list[torch.Tensor] | None = None  # the pooled outputs of the latest pass, one per network call
+        self.chunked = False
         self.weights: dict[int, torch.Tensor] = {}  # step -> (D,) fp32, fitted steps only
         self.buffers: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}  # step -> (centred features, centred rewards), fp64 CPU
         self.random = RandomProxy()
 
     def _keep(self, module, inputs, output) -> None:
-        self.latest = pool_block_output(output)
+        pooled = pool_block_output(output)
+        if self.chunked:
+            self.latest.append(pooled)
+        else:
+            self.latest = [pooled]
+
+    @contextlib.contextmanager
+    def one_pass(self):
+        """The network calls inside are row chunks, in order, of one pass."""
+        self.latest, self.chunked = [], True
+        try:
+            yield
+        finally:
+            self.chunked = False
 
     def features(self, rows: int) -> torch.Tensor:
         """(rows, D) features of the latest pass over ``rows`` rows (CFG halves side by side)."""
-        if self.latest is None:
+        if not self.latest:
             raise ValueError("the hidden proxy has seen no network pass yet: it scores a checkpoint after a denoising step")
-        if self.latest.shape[0] == 2 * rows:
-            return torch.cat(self.latest.chunk(2), 1)
-        if self.latest.shape[0] != rows:
-            raise ValueError(f"the hidden proxy's latest network pass had {self.latest.shape[0]} rows, the checkpoint {rows}")
-        return self.latest
+        seen = sum(chunk.shape[0] for chunk in self.latest)
+        if seen == 2 * rows:  # each call's [negative; positive] halves side by side
+            return torch.cat([torch.cat(chunk.chunk(2), 1) for chunk in self.latest])
+        if seen != rows:
+            raise ValueError(f"the hidden proxy's latest network pass had {seen} rows, the checkpoint {rows}")
+        return torch.cat(self.latest)
 
     def graph_key(self):
         return tuple(sorted(self.weights))
@@ -364,15 +380,16 @@ class HiddenProbeProxy:
 PROXIES["hidden"] = HiddenProbeProxy
 
 
-def build_proxy(name: str, *, reward=None, network: torch.nn.Module | None = None, grid: int = 4):
-    """The proxy ``name`` of PROXIES: "reward" scores with ``reward`` (a WeightedReward), "hidden"
-    hooks ``network`` (the denoiser's network), "latent" and "probe" pool on a ``grid``."""
+def build_proxy(name: str, *, reward=None, network: torch.nn.Module | None = None, grid: int = 4, batch_size: int | None = None):
+    """The proxy ``name`` of PROXIES: "reward" scores with ``reward`` (a WeightedReward) in
+    batches of ``batch_size`` rows (None: all), "hidden" hooks ``network`` (the denoiser's
+    network), "latent" and "probe" pool on a ``grid``."""
     if name not in PROXIES:
         raise ValueError(f"unknown proxy {name!r}; expected one of {', '.join(PROXIES)}")
     if name == "reward":
         if reward is None:
             raise ValueError("the reward proxy needs reward= (the reward it scores decoded x0_hat with)")
-        return RewardProxy(reward)
+        return RewardProxy(reward, batch_size)
     if name == "hidden":
         if network is None:
             raise ValueError("the hidden proxy needs network= (the denoiser network whose hidden features it reads)")

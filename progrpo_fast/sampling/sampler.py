@@ -168,10 +168,12 @@ class ExpandPruneSampler:
     The recorded trajectories (n, T+1, ...) live on ``history_device`` (None: the model's; "cpu"
     offloads them to pinned host memory) in ``history_dtype``; each step starts from the recorded
     x_t and its log-prob scores the recorded x_{t+1}, so a fp16/bf16 history is the trajectory the
-    trainer replays (ratio = 1)."""
+    trainer replays (ratio = 1). ``forward_rows``: at most this many rows per network call (None: all)."""
 
     def __init__(self, model: Denoiser, schedule: PruneSchedule, proxy=None, method: str = "sde", eta: float = 0.7, noise_steps=None,
-                 id_stride: int | None = None, history_device=None, history_dtype: torch.dtype = torch.float32):
+                 id_stride: int | None = None, history_device=None, history_dtype: torch.dtype = torch.float32, forward_rows: int | None = None):
+        if forward_rows is not None and (not isinstance(forward_rows, int) or forward_rows < 1):
+            raise ValueError(f"forward_rows must be an int >= 1 (or None: all rows in one call), got {forward_rows!r}")
         if id_stride is not None and id_stride < schedule.group_size_max:
             raise ValueError(f"id_stride must be >= the schedule's G_max = {schedule.group_size_max} (or None), got {id_stride}")
         if history_dtype not in HISTORY_DTYPES.values():
@@ -183,15 +185,16 @@ class ExpandPruneSampler:
         self.segments = segments(schedule)
         self.history_device = torch.device(model.device if history_device is None else history_device)
         self.history_dtype = history_dtype
+        self.forward_rows = forward_rows
 
     @classmethod
     def from_config(cls, model: Denoiser, schedule: PruneSchedule, sampler_config, proxy=None, **kwargs):
         """The sampler of a config's sampler section (method, eta, noise_steps, trajectory_id_stride,
-        history_device, history_dtype) on ``schedule``."""
+        history_device, history_dtype, forward_rows) on ``schedule``."""
         return cls(model, schedule, proxy, method=sampler_config.method, eta=sampler_config.eta, noise_steps=sampler_config.noise_steps,
                    id_stride=sampler_config.trajectory_id_stride,
                    history_device=None if sampler_config.history_device == "model" else sampler_config.history_device,
-                   history_dtype=HISTORY_DTYPES[sampler_config.history_dtype], **kwargs)
+                   history_dtype=HISTORY_DTYPES[sampler_config.history_dtype], forward_rows=sampler_config.forward_rows, **kwargs)
 
     @torch.no_grad()
     def sample(self, prompts: list[str], seed: int, progress=None) -> Rollout:
@@ -238,7 +241,7 @@ class ExpandPruneSampler:
             x = history[:, step].to(device, torch.float32, non_blocking=True)  # the recorded x_t, as the trainer reads it
             eps = None if stepper.deterministic(step) else keyed_noise(seed, ids, step + 1, x.shape)
             with self.step_context(step):
-                velocity = model.predict(x, stepper.timesteps[step], cond)
+                velocity = self.predict(x, stepper.timesteps[step], cond)
             out = stepper(step, x, velocity, eps=eps)
             history[:, step + 1] = out.x_next
             if self.history_dtype == torch.float32:
@@ -249,6 +252,16 @@ class ExpandPruneSampler:
             if progress is not None:
                 progress(step, state.rows)
         return x0_hat
+
+    def predict(self, x: torch.Tensor, timestep: torch.Tensor, cond: dict[str, torch.Tensor]) -> torch.Tensor:
+        """The network output for rows x, in calls of at most ``forward_rows`` rows: one network
+        pass as the proxy sees it (a proxy reading the network's features gets all the rows)."""
+        size = self.forward_rows
+        if size is None or x.shape[0] <= size:
+            return self.model.predict(x, timestep, cond)
+        with getattr(self.proxy, "one_pass", contextlib.nullcontext)():
+            return torch.cat([self.model.predict(x[i : i + size], timestep, {name: value[i : i + size] for name, value in cond.items()})
+                              for i in range(0, x.shape[0], size)])
 
     def prune(self, state: RowState, segment: Segment, x0_hat: torch.Tensor, prompts: list[str], seed: torch.Tensor) -> PruneRecord:
         """The checkpoint at segment.stop: the proxy picks segment.keep rows per prompt and every

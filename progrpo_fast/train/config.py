@@ -139,6 +139,10 @@ class SamplerConfig:
         model's device) or "cpu" (pinned host memory, copied back per trained minibatch).
     history_dtype: their dtype: "fp32", or "bf16" / "fp16" (half the memory; sampling then steps
         from, and scores, the rounded latents, so the trainer replays the same transitions).
+    forward_rows: at most this many trajectories per network call while sampling and scoring
+        (the denoiser, a CFG pair counting once, and the VAE decodes of the reward proxy and the
+        final reward); null: all rows in one call. Caps activation memory at large groups; on a
+        CPU, calls of 12-24 rows run faster than one large batch.
     """
 
     schedule: str = option("16:2=8,3=4@5")
@@ -153,6 +157,7 @@ class SamplerConfig:
     trajectory_id_stride: int | None = option(None, optional(at_least(1)))
     history_device: Literal["model", "cpu"] = option("model")
     history_dtype: Literal["fp32", "bf16", "fp16"] = option("fp32")
+    forward_rows: int | None = option(None, optional(at_least(1)))
 
 
 @dataclass

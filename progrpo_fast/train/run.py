@@ -11,6 +11,7 @@ from pathlib import Path
 
 import torch
 
+from progrpo_fast.models.base import decode_rows
 from progrpo_fast.train.checkpoint import CheckpointStore
 from progrpo_fast.train.trainer import Distributed, Trainer, iteration_seed, score_images, write_jsonl
 
@@ -259,7 +260,7 @@ def evaluate(config, model, reward, held_out: bool = False, step_context=None) -
     if step_context is not None:
         sampler.step_context = step_context
     rollout = sampler.sample(prompts, seed=iteration_seed(config.train.seed, 0, EVAL_PROMPT_STREAM))
-    images = model.decode(rollout.final_latents.to(model.device))
+    images = decode_rows(model, rollout.final_latents.to(model.device), config.sampler.forward_rows)
     rewards = score_images(reward, images, rollout.row_prompts)[1].view(count, per_prompt)
     return {"reward_mean": float(rewards.mean()), "rewards": rewards.cpu(), "images": images.cpu(), "prompts": prompts}
 

@@ -17,6 +17,7 @@ from typing import NamedTuple
 import torch
 
 from progrpo_fast import ops
+from progrpo_fast.models.base import decode_rows
 from progrpo_fast.sampling.graphs import build_sampler
 from progrpo_fast.sampling.proxies import build_proxy
 from progrpo_fast.sampling.sampler import Rollout, synchronized_clock
@@ -134,7 +135,7 @@ class Trainer:
         train, samp = config.train, config.sampler
         self.schedule = PruneSchedule.from_string(samp.schedule)
         sample_schedule = PruneSchedule.naive(self.schedule.group_size_max, self.schedule.num_steps) if samp.static_ovf else self.schedule
-        self.proxy = build_proxy(samp.proxy, reward=reward, network=model.network, grid=samp.grid)
+        self.proxy = build_proxy(samp.proxy, reward=reward, network=model.network, grid=samp.grid, batch_size=samp.forward_rows)
         self.sampler = build_sampler(model, sample_schedule, samp, self.proxy, sharded=self.dist.sharded)
         if not self.trainable_steps:
             raise ValueError(f"sampler.method={samp.method!r} with eta={samp.eta} adds no noise before the last step: nothing to train "
@@ -227,7 +228,8 @@ class Trainer:
             timings["proxy_s"] = rollout.proxy_seconds  # part of sample_s
 
         start = synchronized_clock(device)
-        components, weighted = score_images(self.reward, self.model.decode(rollout.final_latents.to(device)), rollout.row_prompts)
+        images = decode_rows(self.model, rollout.final_latents.to(device), cfg.sampler.forward_rows)
+        components, weighted = score_images(self.reward, images, rollout.row_prompts)
         if cfg.sampler.static_ovf:
             rollout, components, weighted = self._static_ovf(rollout, components, weighted)
         timings["reward_s"] = synchronized_clock(device) - start
