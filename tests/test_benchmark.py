@@ -91,6 +91,19 @@ def test_interleaved_throughput_rounds_on_the_built_in_model():
         throughput.throughput(None, methods, rounds=0, overrides=SMALL)
 
 
+def test_throughput_pins_the_paper_presets_cfg_noise_and_trained_steps():
+    """bench throughput runs the sd35m_pickscore preset's CFG, SDE window and trained fraction on
+    the built-in model: all 9 noisy steps of 10 trained, as Flow-GRPO's pickscore_sd3."""
+    from progrpo_fast.bench.methods import THROUGHPUT_METHODS, build_trainer, method_config
+
+    paper = load_config(throughput.PAPER_PRESET, check_paths=False)
+    trainer = build_trainer(method_config(None, THROUGHPUT_METHODS[0], [*throughput.paper_setting(), "log.progress=false"]))
+    config = trainer.config
+    assert (config.model.guidance_scale, config.sampler.noise_steps, config.train.timestep_fraction) == (
+        paper.model.guidance_scale, paper.sampler.noise_steps, paper.train.timestep_fraction)
+    assert trainer.model.cfg and trainer.trained_steps(0) == list(range(9))
+
+
 def test_selection_quality_is_bounded_by_the_oracle():
     methods = [Method("pro-grpo-latent", "6:3=3,5=2@8"), Method("pro-grpo-random", "6:3=3,5=2@8", proxy="random"),
                Method("pro-grpo-hidden", "6:3=3,5=2@8", proxy="hidden")]

@@ -23,9 +23,23 @@ COLUMNS = {"method": "method", "schedule": "schedule", "trajectory_steps": "traj
            "measured_s_training": "training s", "measured_s_total": "total s (median)", "measured_s_total_range": "total s min-max",
            "time_vs_first_naive": "time / first naive (median)", "time_vs_first_naive_range": "min-max over rounds",
            "predicted_s_total": "cost model s", "measured_over_predicted": "measured / model"}
-# the paper's SD3.5 setting on the configured model: 1 prompt, CFG 4.5, SDE noise at every step, 5 of 9 steps trained
-PAPER_SETTING = ["sampler.prompts_per_iteration=1", "model.guidance_scale=4.5", "sampler.noise_steps=null", "train.timestep_fraction=0.5",
-                 "train.minibatch_rows=12", "train.grad_accum=1", "log.eval_prompts=0"]
+PAPER_PRESET = "sd35m_pickscore"
+
+
+def paper_setting() -> list[str]:
+    """The paper's SD3.5-M setting on the configured model, read from the sd35m_pickscore preset
+    (CFG scale, the steps with SDE noise, the fraction of noisy steps trained: Flow-GRPO's
+    pickscore_sd3 trains all 9), with 1 prompt per iteration, minibatches of 12 rows, one optimizer
+    step and no evaluations."""
+    from progrpo_fast.train.config import load_config
+
+    paper = load_config(PAPER_PRESET, check_paths=False)
+    noise_steps = "null" if paper.sampler.noise_steps is None else f"[{','.join(map(str, paper.sampler.noise_steps))}]"
+    return [f"model.guidance_scale={paper.model.guidance_scale}", f"sampler.noise_steps={noise_steps}",
+            f"train.timestep_fraction={paper.train.timestep_fraction}", "sampler.prompts_per_iteration=1",
+            "train.minibatch_rows=12", "train.grad_accum=1", "log.eval_prompts=0"]
+
+
 DESCRIPTION = "time per GRPO iteration per method (interleaved rounds, median and min-max)"
 
 
@@ -136,7 +150,7 @@ def add_arguments(parser) -> None:
 
 
 def run(args, command: str, tag: str) -> Path:
-    overrides = [*PAPER_SETTING, *args.overrides]
+    overrides = [*paper_setting(), *args.overrides]
     if args.group_size < 2 or args.group_size % 2:
         raise ValueError(f"--group-size must be an even int >= 2 (Pro-GRPO keeps G/2), got {args.group_size}")
     rows = throughput(args.config, select_methods(throughput_methods(args.group_size), args.methods), args.rounds, overrides)
