@@ -68,7 +68,6 @@ def test_features_come_from_the_latest_pass_and_cfg_halves_sit_side_by_side():
         proxy.features(3)
 
 
-
 @pytest.mark.parametrize("cfg", [False, True])
 def test_the_calls_inside_one_pass_are_its_row_chunks(cfg):
     """sampler.forward_rows splits a pass into calls of 3, 3, 1 rows (under CFG each call holds
@@ -85,6 +84,7 @@ def test_the_calls_inside_one_pass_are_its_row_chunks(cfg):
     assert torch.equal(expected, torch.cat(whole.chunk(2), 1) if cfg else whole)
     run_pass(network, halves[:, :2].flatten(0, 1))  # a call outside one_pass starts a new pass
     assert len(proxy.latest) == 1 and proxy.features(2).shape[0] == 2
+
 
 def test_unfitted_selects_like_the_random_proxy_then_recovers_a_planted_linear_relation():
     gen = torch.Generator().manual_seed(0)
