@@ -1,7 +1,7 @@
 """Build script for progrpo-fast.
 
-The pure-Python package (``progrpo_fast`` and the Triton kernels in ``kernels/``, installed as
-``progrpo_fast.kernels``) always installs. The compiled extension ``progrpo_fast._C`` (csrc/:
+The pure-Python package (``progrpo_fast``, the Triton kernels in ``progrpo_fast/kernels/`` included)
+always installs. The compiled extension ``progrpo_fast._C`` (csrc/:
 multithreaded C++ for CPU tensors, CUDA kernels for CUDA tensors) is built by CMake
 (CMakeLists.txt) against the torch that is installed, so build without isolation:
 
@@ -151,8 +151,7 @@ ext_modules = [] if env_flag("PROGRPO_FAST_NO_EXTENSION") == "1" else [CMakeExte
 
 # Project metadata (name, version, dependencies, extras, console script) lives in pyproject.toml.
 setup(
-    packages=find_packages(include=["progrpo_fast", "progrpo_fast.*"]) + ["progrpo_fast.kernels"],
-    package_dir={"progrpo_fast.kernels": "kernels"},
+    packages=find_packages(include=["progrpo_fast", "progrpo_fast.*"]),
     package_data={"progrpo_fast": ["configs/*.yaml", "assets/**/*"]},
     ext_modules=ext_modules,
     cmdclass={"build_ext": CMakeBuild},

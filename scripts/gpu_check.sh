@@ -49,7 +49,6 @@ if [[ $DRY_RUN == 0 ]]; then
   ARCH=$("$PYTHON" -c "import torch; print(''.join(map(str, torch.cuda.get_device_capability())))")
   PROGRPO_FAST_CUDA=1 PROGRPO_FAST_REQUIRE_EXTENSION=1 PROGRPO_FAST_CUDA_ARCHS=$ARCH CMAKE_BUILD_PARALLEL_LEVEL=$(nproc) \
     "$PYTHON" setup.py -q build_ext --inplace
-  [[ -e progrpo_fast/kernels ]] || ln -s ../kernels progrpo_fast/kernels  # setup.py installs kernels/ as progrpo_fast.kernels
   export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH}
 fi
 "$PYTHON" -m progrpo_fast info | tee "$RESULTS/info_$TAG.txt"

@@ -1,4 +1,4 @@
-"""The fused keyed-noise Triton kernel (kernels/keyed_noise.py) against the torch reference
+"""The fused keyed-noise Triton kernel (progrpo_fast/kernels/keyed_noise.py) against the torch reference
 ``sampling.sde.keyed_noise``: bit for bit (under TRITON_INTERPRET=1 without CUDA)."""
 from __future__ import annotations
 

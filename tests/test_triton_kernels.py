@@ -1,4 +1,4 @@
-"""The Triton backend (`progrpo_fast.kernels`, sources in `kernels/`) against the pure-torch spec.
+"""The Triton backend (`progrpo_fast.kernels`) against the pure-torch spec.
 
 Without CUDA everything runs under the Triton interpreter (TRITON_INTERPRET=1, set before the
 kernels are imported) on small shapes; the GPU-only tests (SD3.5-M shapes, CUDA-graph capture)
@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import itertools
 import os
-import sys
 
 import pytest
 import torch
@@ -25,16 +24,7 @@ if not CUDA:
 
 pytest.importorskip("triton")
 
-try:  # the installed backend, once setup.py maps kernels/ to progrpo_fast.kernels
-    import progrpo_fast.kernels as K
-
-    INSTALLED = True
-except ImportError:  # before that: the top-level kernels/ folder of this checkout
-    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-    import kernels as K
-
-    INSTALLED = False
-
+import progrpo_fast.kernels as K
 from progrpo_fast.ops import reference as R
 
 if not CUDA and os.environ.get("TRITON_INTERPRET", "0") != "1":
@@ -407,7 +397,6 @@ def test_compact_empty_index_is_a_no_op():
 # ----------------------------------------------------------------------------- through the public API
 
 
-@pytest.mark.skipif(not INSTALLED, reason="progrpo_fast.kernels is not installed yet (no setup.py build)")
 def test_public_ops_dispatch_to_triton():
     from progrpo_fast import ops
 

@@ -265,7 +265,7 @@ def keyed_noise(seed, traj_ids: torch.Tensor, step: int, shape, device=None, *, 
     seed: an int in [0, 2^63), or a 0-dim int64 tensor on the noise's device holding one (not
     range-checked: reading it would sync the host; a CUDA graph then serves every seed);
     traj_ids >= 0 (int64); step in [0, 2^32). backend: "torch" (these int64 torch ops), "triton"
-    (kernels/keyed_noise.py, one launch), None: triton on CUDA when it loads, else torch.
+    (progrpo_fast/kernels/keyed_noise.py, one launch), None: triton on CUDA when it loads, else torch.
     """
     shape = tuple(shape)
     if not isinstance(traj_ids, torch.Tensor) or traj_ids.dim() != 1 or traj_ids.dtype != torch.int64:
