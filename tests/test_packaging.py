@@ -61,10 +61,10 @@ def test_the_repository_root_never_hides_a_third_party_package():
     assert out.returncode == 0, out.stderr[-3000:]
     origin = out.stdout.strip().splitlines()[-1] if out.stdout.strip() else ""
     try:
-        importlib.metadata.distribution("kernels")
+        installed = importlib.metadata.distribution("kernels").locate_file("kernels/__init__.py")
     except importlib.metadata.PackageNotFoundError:
         return
-    assert origin and not Path(origin).resolve().is_relative_to(ROOT), f"`import kernels` resolved to {origin}"
+    assert origin and Path(origin).resolve() == Path(installed).resolve(), f"`import kernels` resolved to {origin}, not {installed}"
 
 
 def site_packages_of_this_python() -> list[str]:
