@@ -6,6 +6,8 @@ import platform
 import sys
 from pathlib import Path
 
+from progrpo_fast.third_party import quiet_third_party
+
 
 def info() -> dict[str, str]:
     """Versions, device and which op backends loaded (and why the others did not)."""
@@ -34,17 +36,6 @@ def info() -> dict[str, str]:
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     rows["default backend"] = f"{backends.choose(device).__name__} on {device}"
     return rows
-
-
-def quiet_third_party() -> None:
-    """Hides transformers' and diffusers' warnings (e.g. the torchvision fallback notes) and their
-    model-loading progress bars; ``-v`` keeps them."""
-    from diffusers.utils import logging as diffusers_logging
-    from transformers.utils import logging as transformers_logging
-
-    for library in (transformers_logging, diffusers_logging):
-        library.set_verbosity_error()
-        library.disable_progress_bar()
 
 
 def add_config_arguments(parser: argparse.ArgumentParser) -> None:
