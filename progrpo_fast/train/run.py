@@ -86,7 +86,8 @@ def video_or_image_adapter(model_cfg):
 def build_reward(config):
     """The weighted reward of config.reward; for video models each image reward scores every
     reward.frame_stride-th frame (FrameReward)."""
-    from progrpo_fast.rewards import FrameReward, WeightedReward, build_reward as make
+    from progrpo_fast.rewards import FrameReward, WeightedReward
+    from progrpo_fast.train.reward_registry import build_reward as make
     from progrpo_fast.train.config import VIDEO_KINDS
 
     rewards = {}
