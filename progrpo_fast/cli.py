@@ -46,8 +46,10 @@ def add_config_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def command_train(args) -> int:
+    from progrpo_fast.train.build import uses_caption_pool
     from progrpo_fast.train.config import load_config
-    from progrpo_fast.train.run import paired_change, train, uses_caption_pool
+    from progrpo_fast.train.evaluate import paired_change
+    from progrpo_fast.train.run import train
 
     config = load_config(args.config, args.overrides)
     summary = train(config, resume=args.resume)
@@ -78,8 +80,9 @@ def command_sample(args) -> int:
 
     from progrpo_fast.sampling import PruneSchedule
     from progrpo_fast.sampling.sampler import ExpandPruneSampler
+    from progrpo_fast.train.build import build_model, build_prompts
     from progrpo_fast.train.config import load_config
-    from progrpo_fast.train.run import build_model, build_prompts, save_grid
+    from progrpo_fast.train.report import save_grid
 
     config = load_config(args.config, args.overrides)
     model = build_model(config.model)
