@@ -6,6 +6,8 @@ import platform
 import sys
 from pathlib import Path
 
+from progrpo_fast.third_party import quiet_third_party
+
 
 def info() -> dict[str, str]:
     """Versions, device and which op backends loaded (and why the others did not)."""
@@ -36,17 +38,6 @@ def info() -> dict[str, str]:
     return rows
 
 
-def quiet_third_party() -> None:
-    """Hides transformers' and diffusers' warnings (e.g. the torchvision fallback notes) and their
-    model-loading progress bars; ``-v`` keeps them."""
-    from diffusers.utils import logging as diffusers_logging
-    from transformers.utils import logging as transformers_logging
-
-    for library in (transformers_logging, diffusers_logging):
-        library.set_verbosity_error()
-        library.disable_progress_bar()
-
-
 def add_config_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("-v", "--verbose", action="store_true", help="also show third-party warnings and model-loading progress bars")
     parser.add_argument("--config", default=None, help="a preset name (see progrpo_fast/configs) or a YAML file; default: the built-in shapes task")
@@ -55,8 +46,10 @@ def add_config_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def command_train(args) -> int:
+    from progrpo_fast.train.build import uses_caption_pool
     from progrpo_fast.train.config import load_config
-    from progrpo_fast.train.run import paired_change, train, uses_caption_pool
+    from progrpo_fast.train.evaluate import paired_change
+    from progrpo_fast.train.run import train
 
     config = load_config(args.config, args.overrides)
     summary = train(config, resume=args.resume)
@@ -87,8 +80,9 @@ def command_sample(args) -> int:
 
     from progrpo_fast.sampling import PruneSchedule
     from progrpo_fast.sampling.sampler import ExpandPruneSampler
+    from progrpo_fast.train.build import build_model, build_prompts
     from progrpo_fast.train.config import load_config
-    from progrpo_fast.train.run import build_model, build_prompts, save_grid
+    from progrpo_fast.train.report import save_grid
 
     config = load_config(args.config, args.overrides)
     model = build_model(config.model)

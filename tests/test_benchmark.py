@@ -162,7 +162,7 @@ def test_build_model_wraps_the_sd35m_sized_pipeline(monkeypatch):
     """The config -> model path of model.kind=sd35m_random, with the tiny pipeline standing in for
     the 2.2e9-parameter one (which this CPU test cannot afford to run)."""
     from progrpo_fast.models import tiny
-    from progrpo_fast.train.run import build_model
+    from progrpo_fast.train.build import build_model
 
     monkeypatch.setattr(tiny, "sd35_medium_sized_pipeline", lambda device: tiny_sd3_pipeline())
     config = load_config(None, ["model.kind=sd35m_random", "model.resolution=16", "model.dtype=bf16", "model.max_sequence_length=4"])

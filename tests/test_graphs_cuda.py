@@ -15,8 +15,8 @@ from progrpo_fast.sampling import PruneSchedule  # noqa: E402
 from progrpo_fast.sampling.graphs import GraphSampler  # noqa: E402
 from progrpo_fast.sampling.proxies import LatentProxy, ProbeProxy, RandomProxy, RewardProxy  # noqa: E402
 from progrpo_fast.sampling.sampler import ExpandPruneSampler  # noqa: E402
+from progrpo_fast.train.build import build_model  # noqa: E402
 from progrpo_fast.train.config import load_config  # noqa: E402
-from progrpo_fast.train.run import build_model  # noqa: E402
 
 PROMPTS = ["a red circle", "two blue squares", "one green triangle"]
 SCHEDULE = PruneSchedule.from_string("8:2=4,4=2@6")

@@ -116,8 +116,8 @@ def test_qwen_image_sized_random_model_matches_the_published_config():
 
 def test_build_model_makes_qwen_image_kinds(monkeypatch, tmp_path):
     from progrpo_fast.models import tiny
+    from progrpo_fast.train.build import build_model
     from progrpo_fast.train.config import load_config
-    from progrpo_fast.train.run import build_model
 
     monkeypatch.setattr(tiny, "qwen_image_sized_pipeline", lambda device: tiny_qwen_image_pipeline())  # the 20B one is too big here
     config = load_config(None, ["model.kind=qwen_image_random", "model.resolution=32", "model.max_sequence_length=64", "model.dtype=bf16"])

@@ -14,19 +14,18 @@ import torch
 import torch.nn.functional as F
 
 from progrpo_fast.rewards import (
-    REWARDS,
     HTTPReward,
     JpegCompressibility,
     MLPHead,
     RewardServer,
     WeightedReward,
-    build_reward,
     check_rewards,
     serve_reward,
 )
 from progrpo_fast.rewards.http import encode_request
 from progrpo_fast.rewards.modeling import clip_pixels
 from progrpo_fast.tasks import ShapesReward, caption, render, sample_scene
+from progrpo_fast.train.reward_registry import REWARDS, build_reward
 
 PROMPTS = ["a red circle", "two blue squares", "a cat", "a red circle"]
 WIDTH = 32  # hidden size of every tiny tower

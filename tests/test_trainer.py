@@ -155,7 +155,7 @@ def test_run_evaluates_before_and_after_and_writes_its_outputs(tmp_path):
 def test_before_after_grid_is_labelled_and_shows_at_most_max_samples_per_prompt(tmp_path):
     from PIL import Image
 
-    from progrpo_fast.train.run import save_before_after
+    from progrpo_fast.train.report import save_before_after
 
     def evaluation(value):  # 3 prompts x 5 samples of 32 px
         return {"rewards": torch.full((3, 5), value), "images": torch.full((15, 3, 32, 32), value), "prompts": ["a red circle", "b", "c"]}
@@ -172,7 +172,7 @@ def test_before_after_grid_is_labelled_and_shows_at_most_max_samples_per_prompt(
 
 
 def test_paired_change_takes_the_prompt_as_the_unit():
-    from progrpo_fast.train.run import paired_change
+    from progrpo_fast.train.evaluate import paired_change
 
     change, se = paired_change({"reward_mean": 0.5, "prompt_means": [0.4, 0.6]}, {"reward_mean": 0.6, "prompt_means": [0.45, 0.75]})
     assert change == pytest.approx(0.1) and se == pytest.approx(0.05)  # changes 0.05, 0.15: std 0.0707 / sqrt(2)
@@ -181,7 +181,7 @@ def test_paired_change_takes_the_prompt_as_the_unit():
 def test_reward_curve_plots_rollouts_their_moving_average_and_evaluations(tmp_path):
     import json
 
-    from progrpo_fast.train.run import plot_reward_curve, smoothed
+    from progrpo_fast.train.report import plot_reward_curve, smoothed
 
     assert smoothed([1.0, 3.0, 5.0, 7.0], 2) == [1.0, 2.0, 4.0, 6.0]
     log = tmp_path / "log.jsonl"
@@ -191,7 +191,8 @@ def test_reward_curve_plots_rollouts_their_moving_average_and_evaluations(tmp_pa
 
 
 def test_caption_pool_feeds_training_and_the_evaluation_keeps_held_out_prompts_apart():
-    from progrpo_fast.train.run import build_prompts, caption_pool, evaluation_prompts
+    from progrpo_fast.train.build import build_prompts, caption_pool
+    from progrpo_fast.train.evaluate import evaluation_prompts
 
     cfg = load_config(None, ["prompts.pool=5", "log.eval_prompts=3"])
     pool = caption_pool(cfg)

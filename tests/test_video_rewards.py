@@ -3,8 +3,9 @@ moving-shape video variant of the shapes task (captions, rendering, reward)."""
 import pytest
 import torch
 
-from progrpo_fast.rewards import FrameReward, ShapesScore, TemporalConsistency, WeightedReward, build_reward
+from progrpo_fast.rewards import FrameReward, TemporalConsistency, WeightedReward
 from progrpo_fast.rewards.base import Reward
+from progrpo_fast.tasks import ShapesScore
 from progrpo_fast.tasks.shapes_video import (
     DIRECTIONS,
     MovingShapesReward,
@@ -13,6 +14,7 @@ from progrpo_fast.tasks.shapes_video import (
     render_video,
     sample_moving_scene,
 )
+from progrpo_fast.train.reward_registry import build_reward
 
 
 class MeanRed(Reward):

@@ -3,13 +3,13 @@ reward proxy on decoded videos, the moving-shape video reward plus temporal cons
 update, evaluation before and after."""
 import math
 
-import torch
 
 from progrpo_fast.models.tiny import tiny_wan_pipeline
 from progrpo_fast.models.wan import WanDenoiser
+from progrpo_fast.train.build import build_reward
 from progrpo_fast.train.checkpoint import CheckpointStore
 from progrpo_fast.train.config import load_config
-from progrpo_fast.train.run import build_reward, train
+from progrpo_fast.train.run import train
 
 VIDEO_TASK = ["model.kind=wan", "model.resolution=32", "model.width=32", "model.num_frames=9", "model.max_sequence_length=16",
               "model.guidance_scale=3.0", "sampler.schedule=4:2=2@4", "sampler.noise_steps=[0, 1]", "sampler.prompts_per_iteration=2",

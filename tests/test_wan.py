@@ -116,8 +116,8 @@ def test_wan21_1p3b_sized_random_model_matches_the_published_config():
 
 def test_build_model_makes_wan_kinds(monkeypatch, tmp_path):
     from progrpo_fast.models import tiny
+    from progrpo_fast.train.build import build_model
     from progrpo_fast.train.config import load_config
-    from progrpo_fast.train.run import build_model
 
     monkeypatch.setattr(tiny, "wan21_1p3b_sized_pipeline", lambda device: tiny_wan_pipeline())
     overrides = ["model.resolution=32", "model.width=16", "model.num_frames=5", "model.max_sequence_length=16"]

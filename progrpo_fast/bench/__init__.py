@@ -28,7 +28,7 @@ def main(argv: list[str]) -> int:
     import torch
 
     from progrpo_fast.bench.results import RESULTS_DIR
-    from progrpo_fast.cli import quiet_third_party
+    from progrpo_fast.third_party import quiet_third_party
 
     if not {"-v", "--verbose"} & set(argv):
         quiet_third_party()  # before the benchmark modules import transformers, which warns on import

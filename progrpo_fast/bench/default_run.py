@@ -18,7 +18,8 @@ COLUMNS = {"seed": "seed", "pool_before": "pool before", "pool_after": "pool aft
 
 def run_seed(base: str | None, seed: int, out_dir: Path, overrides=()) -> dict:
     from progrpo_fast.train.config import load_config
-    from progrpo_fast.train.run import paired_change, train
+    from progrpo_fast.train.evaluate import paired_change
+    from progrpo_fast.train.run import train
 
     config = load_config(base, [*overrides, f"train.seed={seed}", f"log.out_dir={out_dir / f'seed{seed}'}", "log.progress=false"])
     summary = train(config)

@@ -47,8 +47,8 @@ def build(name: str, device: torch.device, dtype: torch.dtype):
         pipe.set_progress_bar_config(disable=True)
         model = SD3Denoiser(pipe, max_sequence_length=4, resolution=16)
     elif name == "shapes":
+        from progrpo_fast.train.build import build_model
         from progrpo_fast.train.config import load_config
-        from progrpo_fast.train.run import build_model
 
         config = load_config(None, ["model.dtype=" + {torch.float32: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}[dtype]],
                              check_paths=False)

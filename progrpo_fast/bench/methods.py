@@ -88,7 +88,7 @@ def method_config(base: str | None, method: Method, overrides=()):
 
 
 def build_trainer(config):
-    from progrpo_fast.train.run import build_model, build_prompts, build_reward
+    from progrpo_fast.train.build import build_model, build_prompts, build_reward
     from progrpo_fast.train.trainer import Trainer
 
     model = build_model(config.model)

@@ -46,7 +46,7 @@ def train_curve(base: str | None, method: Method, seed: int, iterations: int, ev
     """Trains ``method`` for ``iterations`` with train.seed = ``seed``; one record per evaluation
     (iteration 0 included): iteration, training wall seconds so far, held-out evaluation reward.
     ``observe(trainer)``, if given, runs after every iteration."""
-    from progrpo_fast.train.run import evaluate
+    from progrpo_fast.train.evaluate import evaluate
 
     config = method_config(base, method, [*overrides, f"train.seed={seed}", f"train.iterations={iterations}"])
     trainer = build_trainer(config)

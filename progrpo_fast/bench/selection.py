@@ -32,7 +32,7 @@ def selection_quality(base: str | None, methods: list[Method], batches: int, pro
     from progrpo_fast import ops
     from progrpo_fast.sampling.proxies import build_proxy
     from progrpo_fast.sampling.sampler import ExpandPruneSampler
-    from progrpo_fast.train.run import build_prompts
+    from progrpo_fast.train.build import build_prompts
     from progrpo_fast.train.trainer import iteration_seed, score_images
 
     config = method_config(base, methods[0], overrides)

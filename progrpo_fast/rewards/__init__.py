@@ -1,18 +1,19 @@
 """Reward functions: reward(images (B, 3, H, W) fp32 in [0, 1], prompts list[str]) -> (B,) fp32
 on the images' device, each with a ``name``; `build_reward(name, **kwargs)` makes one by name,
 `WeightedReward` sums several, `check_rewards` validates what a reward returned.
+This package knows no task: the tasks' rewards (``shapes``, ``moving_shapes``, in progrpo_fast.tasks)
+join these names in `progrpo_fast.train.reward_registry`, whose ``build_reward`` a config's
+reward.weights go through.
 
 Model rewards load local weights only (``path=``, see each class); importing this package does
 not import transformers, and the modules with a command line (hps, imagereward, http) load on
 first use, so that ``python -m progrpo_fast.rewards.http`` runs them fresh. Names:
     jpeg_compressibility, jpeg_incompressibility   -/+ JPEG size in kB (DDPO)
-    shapes                                          the shapes task's GenEval-like score
     clipscore, pickscore, aesthetic                 CLIP-based (clip_rewards)
     hpsv2                                           HPSv2.1 (hps)
     imagereward                                     ImageReward (imagereward)
     http                                            a reward served by another process (http)
     temporal_consistency                            1 - mean frame-to-frame pixel change of videos (video)
-    moving_shapes                                   the moving-shape video task's score (tasks.shapes_video)
 Image rewards score videos frame by frame through ``video.FrameReward``.
 """
 from __future__ import annotations
@@ -23,12 +24,10 @@ from .base import Reward, WeightedReward, check_inputs, check_rewards
 from .clip_rewards import AestheticScore, CLIPScore, PickScore
 from .jpeg import JpegCompressibility, JpegIncompressibility
 from .modeling import MLPHead, ModelReward
-from .shapes import ShapesScore
 from .video import FrameReward, TemporalConsistency
 
-# name -> module relative to this package (".tasks.shapes_video" is progrpo_fast.tasks.shapes_video)
-_LAZY = {"HPSv2": "hps", "ImageReward": "imagereward", "HTTPReward": "http", "RewardServer": "http", "serve_reward": "http",
-         "MovingShapesReward": ".tasks.shapes_video"}
+# name -> module of this package
+_LAZY = {"HPSv2": "hps", "ImageReward": "imagereward", "HTTPReward": "http", "RewardServer": "http", "serve_reward": "http"}
 
 
 def __getattr__(name: str):
@@ -40,7 +39,6 @@ def __getattr__(name: str):
 REWARDS = {  # name -> class name in this package
     "jpeg_compressibility": "JpegCompressibility",
     "jpeg_incompressibility": "JpegIncompressibility",
-    "shapes": "ShapesScore",
     "pickscore": "PickScore",
     "hpsv2": "HPSv2",
     "imagereward": "ImageReward",
@@ -48,17 +46,18 @@ REWARDS = {  # name -> class name in this package
     "aesthetic": "AestheticScore",
     "http": "HTTPReward",
     "temporal_consistency": "TemporalConsistency",
-    "moving_shapes": "MovingShapesReward",
 }
 MODEL_REWARDS = ("pickscore", "hpsv2", "imagereward", "clipscore", "aesthetic")
 
 
-def build_reward(name: str, **kwargs):
+def build_reward(name: str, *, registry: dict | None = None, **kwargs):
     """The reward called `name`, built with `kwargs`: ``path`` (and optionally ``tokenizer_path``,
     ``device``, ``dtype``) for the model rewards, ``url`` for "http", the scorer's options for
-    "jpeg_*" and "shapes"."""
-    if name not in REWARDS:
-        raise ValueError(f"unknown reward {name!r}; known rewards: {', '.join(REWARDS)}")
+    "jpeg_*". ``registry``: name -> class name in this package or a Reward class (default
+    REWARDS; progrpo_fast.train.reward_registry passes one with the tasks' rewards too)."""
+    registry = REWARDS if registry is None else registry
+    if name not in registry:
+        raise ValueError(f"unknown reward {name!r}; known rewards: {', '.join(registry)}")
     if name in MODEL_REWARDS:
         if kwargs.get("path") is None:
             raise ValueError(f"reward {name!r} loads a local model: give its path (config: reward.paths.{name}=/path/to/model)")
@@ -68,13 +67,14 @@ def build_reward(name: str, **kwargs):
         raise ValueError(f"reward {name!r} has no model weights and takes no path (got path={kwargs['path']!r})")
     if name == "http" and not kwargs.get("url"):
         raise ValueError("reward 'http' needs the server's url (config: reward.http_url=http://127.0.0.1:PORT)")
-    reward_class = globals().get(REWARDS[name]) or __getattr__(REWARDS[name])
+    entry = registry[name]
+    reward_class = entry if isinstance(entry, type) else globals().get(entry) or __getattr__(entry)
     return reward_class(**kwargs)
 
 
 __all__ = [
     "REWARDS", "MODEL_REWARDS", "AestheticScore", "CLIPScore", "FrameReward", "HPSv2", "HTTPReward", "ImageReward", "JpegCompressibility",
-    "JpegIncompressibility", "MLPHead", "ModelReward", "MovingShapesReward", "PickScore", "Reward", "RewardServer", "ShapesScore",
+    "JpegIncompressibility", "MLPHead", "ModelReward", "PickScore", "Reward", "RewardServer",
     "TemporalConsistency", "WeightedReward",
     "build_reward", "check_inputs", "check_rewards", "serve_reward",
 ]

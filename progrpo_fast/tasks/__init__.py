@@ -1,6 +1,7 @@
 """The built-in tiny compositional text-to-image task: procedural shapes data, a word-level
-tokenizer for its captions, and a programmatic GenEval-like reward computed from pixels."""
-from .reward import ShapesReward
+tokenizer for its captions, and a programmatic GenEval-like reward computed from pixels
+(``ShapesReward``; ``ShapesScore`` is it behind the reward interface of progrpo_fast.rewards)."""
+from .reward import ShapesReward, ShapesScore
 from .shapes import (
     COLOURS,
     RELATIONS,
@@ -16,6 +17,6 @@ from .shapes import (
 from .tokenizer import WordTokenizer
 
 __all__ = [
-    "COLOURS", "RELATIONS", "SHAPES", "ObjectGroup", "Scene", "ShapesDataset", "ShapesReward",
+    "COLOURS", "RELATIONS", "SHAPES", "ObjectGroup", "Scene", "ShapesDataset", "ShapesReward", "ShapesScore",
     "WordTokenizer", "caption", "parse_caption", "render", "sample_scene",
 ]

@@ -30,6 +30,8 @@ from collections.abc import Sequence
 import torch
 import torch.nn.functional as F
 
+from progrpo_fast.rewards.base import Reward
+
 from .shapes import BACKGROUND, COLOURS, SHAPES, Scene, parse_caption
 
 COLOUR_NAMES: tuple[str, ...] = tuple(COLOURS)
@@ -185,3 +187,16 @@ class ShapesReward:
         terms = {"found": [len(found) for found in matched], "count": counts, "shape": shapes,
                  "relation": relation, "extras": extras}
         return score, terms
+
+
+class ShapesScore(Reward):
+    """ShapesReward behind the reward interface (registered as "shapes" by
+    progrpo_fast.train.reward_registry); keyword arguments go to it (thresholds, penalty)."""
+
+    name = "shapes"
+
+    def __init__(self, **kwargs):
+        self.scorer = ShapesReward(**kwargs)
+
+    def score(self, images: torch.Tensor, prompts: list[str]) -> torch.Tensor:
+        return self.scorer(images, prompts)

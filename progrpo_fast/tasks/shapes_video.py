@@ -27,9 +27,8 @@ from dataclasses import dataclass
 import torch
 
 from progrpo_fast.rewards.base import Reward
-from progrpo_fast.rewards.shapes import ShapesScore
 from progrpo_fast.rewards.video import FrameReward, check_video
-from progrpo_fast.tasks.reward import COLOUR_NAMES
+from progrpo_fast.tasks.reward import COLOUR_NAMES, ShapesScore
 from progrpo_fast.tasks.shapes import COLOURS, MAX_COUNT, SHAPES, ObjectGroup, Scene, caption, parse_caption, render
 
 DIRECTIONS: dict[str, tuple[int, int]] = {"left": (-1, 0), "right": (1, 0), "up": (0, -1), "down": (0, 1)}  # (dx, dy) in pixels

@@ -33,6 +33,7 @@ from typing import Literal
 import yaml
 
 from progrpo_fast.sampling.schedule import PruneSchedule
+from progrpo_fast.train.model_kinds import MODEL_KINDS, kind_names
 
 __all__ = [
     "Config", "ModelConfig", "SamplerConfig", "RewardConfig", "TrainConfig", "LogConfig", "PromptsConfig",
@@ -41,18 +42,8 @@ __all__ = [
 
 PRESETS_DIR = Path(__file__).resolve().parent.parent / "configs"
 
-FLOW_KINDS = ("shapes", "sd3", "flux")
-RANDOM_KINDS = ("sd35m_random", "qwen_image_random", "wan21_1p3b_random")
-OTHER_FLOW_KINDS = ("qwen_image", "wan", *RANDOM_KINDS)
-VIDEO_KINDS = ("wan", "wan21_1p3b_random")
 FLOW_METHODS = ("sde", "cps", "ode")
-DOWNLOAD_EXAMPLES = {
-    "sd3": "stabilityai/stable-diffusion-3.5-medium",
-    "flux": "black-forest-labs/FLUX.1-dev",
-    "sd1": "CompVis/stable-diffusion-v1-4",
-    "qwen_image": "Qwen/Qwen-Image",
-    "wan": "Wan-AI/Wan2.1-T2V-1.3B-Diffusers",
-}
+ModelKindName = Literal[tuple(MODEL_KINDS)]  # the model.kind values, in the order of train.model_kinds.MODEL_KINDS
 
 
 # ---------------------------------------------------------------------------------------- fields
@@ -102,7 +93,7 @@ class ModelConfig:
     attention: "sdpa" (torch) or "xformers".
     """
 
-    kind: Literal["shapes", "sd3", "flux", "sd1", "qwen_image", "wan", "sd35m_random", "qwen_image_random", "wan21_1p3b_random"] = option("shapes")
+    kind: ModelKindName = option("shapes")
     path: str | None = option(None)
     dtype: Literal["fp32", "bf16", "fp16"] = option("fp32")
     resolution: int | None = option(None, optional((lambda v: v >= 8 and v % 8 == 0, "a multiple of 8, >= 8")))
@@ -463,12 +454,15 @@ class Config:
             schedule = PruneSchedule.from_string(samp.schedule)
         except ValueError as err:
             raise ValueError(f"config key 'sampler.schedule' is invalid: {err}") from None
-        if model.kind == "sd1" and samp.method != "ddim":
-            raise ValueError(f"model.kind='sd1' is a diffusion (epsilon) model and samples with DDIM only: set sampler.method=ddim (got {samp.method!r})")
-        if model.kind in FLOW_KINDS and samp.method not in FLOW_METHODS:
-            raise ValueError(f"sampler.method={samp.method!r} needs model.kind='sd1'; flow models ({', '.join(FLOW_KINDS)}) take one of {', '.join(FLOW_METHODS)}")
-        if model.kind in OTHER_FLOW_KINDS and samp.method not in FLOW_METHODS:
-            raise ValueError(f"sampler.method={samp.method!r} needs model.kind='sd1'; model.kind={model.kind!r} is a flow model and takes one of {', '.join(FLOW_METHODS)}")
+        kind = MODEL_KINDS[model.kind]
+        if not kind.flow and samp.method != "ddim":
+            raise ValueError(f"model.kind={model.kind!r} is a diffusion (epsilon) model and samples with DDIM only: set sampler.method=ddim (got {samp.method!r})")
+        if kind.flow and samp.method not in FLOW_METHODS:
+            diffusion = " or ".join(f"model.kind={name!r}" for name in kind_names(flow=False))
+            if kind.listed_flow_model:
+                raise ValueError(f"sampler.method={samp.method!r} needs {diffusion}; flow models ({', '.join(kind_names(listed_flow_model=True))}) "
+                                 f"take one of {', '.join(FLOW_METHODS)}")
+            raise ValueError(f"sampler.method={samp.method!r} needs {diffusion}; model.kind={model.kind!r} is a flow model and takes one of {', '.join(FLOW_METHODS)}")
         if samp.method == "cps" and samp.eta > 1:
             raise ValueError(f"config key 'sampler.eta' must be <= 1 with method 'cps' (std = sigma_next * sin(eta * pi / 2)), got {samp.eta}")
         if samp.noise_steps is not None and not (samp.noise_steps and all(0 <= t < schedule.num_steps - 1 for t in samp.noise_steps)):
@@ -479,12 +473,12 @@ class Config:
                              f"(groups must not share trajectory ids), got {samp.trajectory_id_stride}")
         if samp.static_ovf and schedule.is_naive:
             raise ValueError(f"sampler.static_ovf=true needs a pruned schedule to take K of G_max from (e.g. '24:5=16,7=12@10'), got the naive {samp.schedule!r}")
-        packed = {"flux": "FLUX", "qwen_image": "Qwen-Image", "qwen_image_random": "Qwen-Image"}
-        if model.kind in packed and model.resolution is not None and model.resolution % 16:
-            raise ValueError(f"config key 'model.resolution' must be a multiple of 16 for {packed[model.kind]} (2x2 latent packing), got {model.resolution}")
+        if kind.packed_name is not None and model.resolution is not None and model.resolution % 16:
+            raise ValueError(f"config key 'model.resolution' must be a multiple of 16 for {kind.packed_name} (2x2 latent packing), got {model.resolution}")
         for key in ("width", "num_frames"):
-            if getattr(model, key) is not None and model.kind not in VIDEO_KINDS:
-                raise ValueError(f"config key 'model.{key}' applies to video models (model.kind=wan or wan21_1p3b_random), not {model.kind!r}: set it to null")
+            if getattr(model, key) is not None and not kind.video:
+                raise ValueError(f"config key 'model.{key}' applies to video models (model.kind={' or '.join(kind_names(video=True))}), "
+                                 f"not {model.kind!r}: set it to null")
         if not reward.weights:
             raise ValueError("config key 'reward.weights' must name at least one reward, e.g. reward.weights={shapes: 1.0}")
         if "http" in reward.weights and not reward.http_url:
@@ -498,12 +492,12 @@ class Config:
 
     def _check_paths(self) -> None:
         model = self.model
-        if model.kind in RANDOM_KINDS and model.path is not None:
-            loads = {"sd35m_random": "sd3", "qwen_image_random": "qwen_image", "wan21_1p3b_random": "wan"}[model.kind]
+        kind = MODEL_KINDS[model.kind]
+        if kind.random_weights_of is not None and model.path is not None:
             raise ValueError(f"model.kind={model.kind} builds random weights and takes no model.path: set model.path=null, "
-                             f"or model.kind={loads} to load a local folder")
-        if model.path is None and model.kind not in ("shapes", *RANDOM_KINDS):
-            example = DOWNLOAD_EXAMPLES[model.kind]
+                             f"or model.kind={kind.random_weights_of} to load a local folder")
+        if model.path is None and kind.download is not None:
+            example = kind.download
             folder = f"/models/{example.split('/')[1]}"
             raise ValueError(
                 f"config key 'model.path' is required for model.kind={model.kind!r}: set it to a local diffusers folder, "
