@@ -446,3 +446,21 @@ def test_http_server_command():
     finally:
         process.terminate()
         process.wait(timeout=10)
+
+
+def test_cli_serves_a_task_reward():
+    """`progrpo-fast serve-reward` knows the tasks' rewards too (rewards itself knows no task)."""
+    from progrpo_fast.tasks import ShapesScore, caption, sample_scene
+
+    process = subprocess.Popen([sys.executable, "-m", "progrpo_fast", "serve-reward", "--reward", "shapes", "--port", "0"],
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        line = process.stdout.readline()
+        assert line.startswith("serving reward 'shapes' at http://127.0.0.1:"), line + process.stderr.read()
+        url = line.split(" at ")[1].split()[0]
+        images = smooth_images(2)
+        prompts = [caption(sample_scene(i)) for i in range(2)]
+        assert torch.equal(HTTPReward(url, timeout=10)(images, prompts), ShapesScore()(images, prompts))
+    finally:
+        process.terminate()
+        process.wait(timeout=10)

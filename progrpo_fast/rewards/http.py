@@ -206,10 +206,12 @@ def _error_message(error: urllib.error.HTTPError) -> str:
         return str(error)
 
 
-def main(argv=None) -> None:
+def main(argv=None, *, registry: dict | None = None, prog: str = "python -m progrpo_fast.rewards.http") -> None:
+    """Serves one reward by name; ``registry`` as for `build_reward` (default: this package's
+    rewards; ``progrpo-fast serve-reward`` passes the tasks' rewards too)."""
     from . import MODEL_REWARDS, build_reward
 
-    parser = argparse.ArgumentParser(prog="python -m progrpo_fast.rewards.http", description="Serve a reward over HTTP on a loopback address.")
+    parser = argparse.ArgumentParser(prog=prog, description="Serve a reward over HTTP on a loopback address.")
     parser.add_argument("--reward", required=True, help="a reward name, e.g. jpeg_compressibility, pickscore, hpsv2")
     parser.add_argument("--path", default=None, help="local model path of a model reward")
     parser.add_argument("--device", default=None, help="device of a model reward (default: cuda when available, else cpu)")
@@ -221,7 +223,7 @@ def main(argv=None) -> None:
     if args.reward in MODEL_REWARDS:
         kwargs["device"] = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
         kwargs.update({"dtype": args.dtype} if args.dtype else {})
-    server = RewardServer(build_reward(args.reward, **kwargs), args.host, args.port)
+    server = RewardServer(build_reward(args.reward, registry=registry, **kwargs), args.host, args.port)
     print(f"serving reward {args.reward!r} at {server.url}/score (GET {server.url}/health); Ctrl-C stops", flush=True)
     try:
         server.httpd.serve_forever()
