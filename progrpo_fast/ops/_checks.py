@@ -78,9 +78,3 @@ def check_index_values(index: torch.Tensor, rows: int) -> None:
         ok = ok & (index[1:] > index[:-1]).all()
     if not bool(ok):
         raise ValueError(f"index must be strictly ascending row numbers in [0, {rows}), got {index.tolist()[:16]}...")
-
-
-def check_same_device(**tensors) -> None:
-    devices = {name: t.device for name, t in tensors.items()}
-    if len(set(devices.values())) > 1:
-        raise ValueError(f"tensors must share one device, got {devices}")

@@ -30,7 +30,7 @@ def proxy_capturable(proxy) -> bool:
     return bool(getattr(proxy, "capturable", False))
 
 
-def graph_support(model, proxy=None, *, sharded: bool = False, history_device: str = "model") -> tuple[bool, str]:
+def graph_support(model, *, sharded: bool = False, history_device: str = "model") -> tuple[bool, str]:
     """Whether rollouts of ``model`` can be captured as CUDA graphs, and why not. The proxy never
     prevents it: a proxy that cannot be captured runs between the captured segments."""
     if model.device.type != "cuda":
@@ -218,7 +218,7 @@ def build_sampler(model, schedule, sampler_config, proxy=None, *, sharded: bool 
         raise ValueError(f"sampler.cuda_graphs must be 'auto', 'true' or 'false', got {mode!r}")
     if mode == "false":
         return ExpandPruneSampler.from_config(model, schedule, sampler_config, proxy)
-    ok, why = graph_support(model, proxy, sharded=sharded, history_device=sampler_config.history_device)
+    ok, why = graph_support(model, sharded=sharded, history_device=sampler_config.history_device)
     if not ok:
         if mode == "true":
             raise ValueError(f"sampler.cuda_graphs=true but CUDA graphs cannot run here: {why}; set sampler.cuda_graphs=auto or false")

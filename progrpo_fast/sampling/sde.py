@@ -22,6 +22,8 @@ from typing import NamedTuple
 
 import torch
 
+from progrpo_fast.ops import backends
+
 __all__ = [
     "StepOutput",
     "flow_sde_step",
@@ -265,7 +267,8 @@ def keyed_noise(seed, traj_ids: torch.Tensor, step: int, shape, device=None, *, 
     seed: an int in [0, 2^63), or a 0-dim int64 tensor on the noise's device holding one (not
     range-checked: reading it would sync the host; a CUDA graph then serves every seed);
     traj_ids >= 0 (int64); step in [0, 2^32). backend: "torch" (these int64 torch ops), "triton"
-    (progrpo_fast/kernels/keyed_noise.py, one launch), None: triton on CUDA when it loads, else torch.
+    (progrpo_fast/kernels/keyed_noise.py, one launch), None: ``ops.backends.keyed_noise_backend``'s
+    choice (triton on CUDA when it loads, else torch).
     """
     shape = tuple(shape)
     if not isinstance(traj_ids, torch.Tensor) or traj_ids.dim() != 1 or traj_ids.dtype != torch.int64:
@@ -276,16 +279,8 @@ def keyed_noise(seed, traj_ids: torch.Tensor, step: int, shape, device=None, *, 
         raise ValueError(f"step must be an int in [0, 2^32), got {step!r}")
     device = traj_ids.device if device is None else torch.device(device)
     seed = seed_tensor(seed, device)
-    if backend is None:
-        from progrpo_fast import backends
-
-        backend = "triton" if device.type == "cuda" and backends.usable("triton", device)[0] else "torch"
-    if backend == "triton":
-        from progrpo_fast import backends
-
+    if backends.keyed_noise_backend(device, backend) == "triton":
         return backends.load("triton")[0].keyed_noise(seed, traj_ids.to(device), step, shape)
-    if backend != "torch":
-        raise ValueError(f"backend must be 'torch', 'triton' or None, got {backend!r}")
     traj = traj_ids.to(device).unsqueeze(1)  # (B, 1)
     per_row = math.prod(shape[1:])
     blocks = (per_row + 3) // 4
