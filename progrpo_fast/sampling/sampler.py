@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 import torch
 
 from progrpo_fast import ops
-from progrpo_fast.models.base import Denoiser, repeat_rows
+from progrpo_fast.sampling.denoiser import Denoiser, repeat_rows
 from progrpo_fast.sampling.proxies import Checkpoint, LatentProxy
 from progrpo_fast.sampling.schedule import PruneSchedule
 from progrpo_fast.sampling.sde import gaussian_log_prob, keyed_noise, seed_tensor
@@ -232,7 +232,7 @@ class ExpandPruneSampler:
     def run_steps(self, state: RowState, segment: Segment, seed: torch.Tensor, progress=None) -> torch.Tensor:
         """Denoising steps segment.start .. stop - 1 on the live rows (the first segment first
         draws x_0); returns the last step's x0_hat (rows, *latent_shape)."""
-        model, stepper, device = self.model, self.stepper, self.model.device
+        stepper, device = self.stepper, self.model.device
         history, log_probs, ids, cond = state.live("history"), state.live("log_probs"), state.live("trajectory_ids"), state.live_cond()
         if segment.start == 0:
             history[:, 0] = keyed_noise(seed, ids, 0, history[:, 0].shape)

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import torch
 
-from progrpo_fast.models.base import decode_rows
+from progrpo_fast.sampling.denoiser import decode_rows
 from progrpo_fast.train.checkpoint import CheckpointStore
 from progrpo_fast.train.trainer import Distributed, Trainer, iteration_seed, score_images, write_jsonl
 

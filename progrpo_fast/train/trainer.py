@@ -17,7 +17,7 @@ from typing import NamedTuple
 import torch
 
 from progrpo_fast import ops
-from progrpo_fast.models.base import decode_rows
+from progrpo_fast.sampling.denoiser import decode_rows
 from progrpo_fast.sampling.graphs import build_sampler
 from progrpo_fast.sampling.proxies import build_proxy
 from progrpo_fast.sampling.sampler import Rollout, synchronized_clock
