@@ -61,7 +61,7 @@ def selection_quality(base: str | None, methods: list[Method], batches: int, pro
         for name, sampler in samplers.items():
             rollout = sampler.sample(prompts, seed=rollout_seed)
             proxy = sampler.proxy
-            if hasattr(proxy, "observe"):
+            if proxy.learns:
                 proxy.observe(rollout, final_of[rollout.trajectory_ids.cpu()].to(rollout.latents.device))
                 if batch < batches // 2:
                     continue

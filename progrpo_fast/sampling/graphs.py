@@ -25,11 +25,6 @@ from progrpo_fast.sampling.sde import seed_tensor
 LOG_PREFIX = "[progrpo-fast]"
 
 
-def proxy_capturable(proxy) -> bool:
-    """Whether ``proxy`` declares its __call__ pure device work (proxies without the attribute are not)."""
-    return bool(getattr(proxy, "capturable", False))
-
-
 def graph_support(model, *, sharded: bool = False, history_device: str = "model") -> tuple[bool, str]:
     """Whether rollouts of ``model`` can be captured as CUDA graphs, and why not. The proxy never
     prevents it: a proxy that cannot be captured runs between the captured segments."""
@@ -98,7 +93,7 @@ class GraphSampler(ExpandPruneSampler):
         return (num_prompts, str(self.schedule), tuple(model.latent_shape()), model.dtype, autocast,
                 tuple((name, tuple(value.shape), value.dtype) for name, value in cond.items()),
                 stepper.method, stepper.eta, stepper.noise_steps, type(self.proxy).__name__,
-                getattr(self.proxy, "graph_key", lambda: None)(), parameters, getattr(network, "training", None))
+                self.proxy.graph_key(), parameters, getattr(network, "training", None))
 
     def prepare(self, key, num_prompts: int, cond: dict[str, torch.Tensor], prompts: list[str]) -> None:
         """Allocates the static buffers at P x G_max rows; on CUDA warms up and captures every segment."""
@@ -133,7 +128,7 @@ class GraphSampler(ExpandPruneSampler):
         """Steps of ``segment`` and, when the proxy can be captured, its checkpoint: (x0_hat, record or None)."""
         x0_hat = self.run_steps(self.state, segment, self.seed, progress)
         record = None
-        if segment.keep is not None and proxy_capturable(self.proxy):
+        if segment.keep is not None and self.proxy.capturable:
             record = self.prune(self.state, segment, x0_hat, prompts, self.seed)
         return x0_hat, record
 
@@ -150,7 +145,7 @@ class GraphSampler(ExpandPruneSampler):
     def replay(self, prompts: list[str], progress=None):
         """Replays the captured segments; a proxy that cannot be captured runs between them. Returns
         (prune records, proxy timer or None when the pruning is inside the graphs)."""
-        state, capturable = self.state, proxy_capturable(self.proxy)
+        state, capturable = self.state, self.proxy.capturable
         if self.static_pointers() != self.captured_pointers:
             raise RuntimeError("GraphSampler's static buffers were replaced after capture; the graphs would read freed memory "
                                "(write into sampler.state's tensors in place, never assign new ones)")
@@ -197,14 +192,14 @@ class GraphSampler(ExpandPruneSampler):
             graph = torch.cuda.CUDAGraph()
             with self.capture_autocast(), torch.cuda.graph(graph, pool=pool):
                 outputs = self.run_segment(segment, prompts)
-            if segment.keep is not None and not proxy_capturable(self.proxy):  # pruned eagerly at replay
+            if segment.keep is not None and not self.proxy.capturable:  # pruned eagerly at replay
                 state.rows, state.group = state.rows // state.group * segment.keep, segment.keep
             self.graphs.append(graph)
             self.segment_outputs.append(outputs)
             self.capture_memory.append(torch.cuda.memory_reserved(device) - before)
         self.captures += 1
         self.captured_pointers = self.static_pointers()
-        note = "" if proxy_capturable(self.proxy) else f"; the {getattr(self.proxy, 'name', type(self.proxy).__name__)} proxy does host work and runs between them"
+        note = "" if self.proxy.capturable else f"; the {self.proxy.name or type(self.proxy).__name__} proxy does host work and runs between them"
         print(f"{LOG_PREFIX} cuda graphs: captured {len(self.graphs)} segments of schedule {self.schedule} for "
               f"{full_rows // self.schedule.group_size_max} prompts ({self.capture_memory[-1] / 2**20:.0f} MiB pool){note}")
 

@@ -259,7 +259,7 @@ class ExpandPruneSampler:
         size = self.forward_rows
         if size is None or x.shape[0] <= size:
             return self.model.predict(x, timestep, cond)
-        with getattr(self.proxy, "one_pass", contextlib.nullcontext)():
+        with self.proxy.one_pass():
             return torch.cat([self.model.predict(x[i : i + size], timestep, {name: value[i : i + size] for name, value in cond.items()})
                               for i in range(0, x.shape[0], size)])
 
