@@ -76,11 +76,7 @@ class GraphSampler(ExpandPruneSampler):
             self.prepare(key, len(prompts), cond, prompts)
         self.load_inputs(cond, seed_on_device)
         records, timer = self.replay(prompts, progress) if self.uses_graphs else self.run_eagerly(prompts, progress)
-        state = self.state
-        live = {name: state.live(name).clone() for name in ("history", "log_probs", "trajectory_ids", "prompt_index")}
-        return Rollout(list(prompts), live["history"], live["log_probs"], live["trajectory_ids"], live["prompt_index"],
-                       {name: value.clone() for name, value in state.live_cond().items()}, self.stepper.timesteps, state.group,
-                       seed, self.schedule.trajectory_steps(len(prompts)), records, timer)
+        return self.rollout(self.state, prompts, seed, records, timer, copy=True)
 
     # ------------------------------------------------------------------ static buffers
     def capture_key(self, num_prompts: int, cond: dict[str, torch.Tensor]):
@@ -134,13 +130,7 @@ class GraphSampler(ExpandPruneSampler):
 
     def run_eagerly(self, prompts: list[str], progress=None):
         """Every segment eagerly on the static buffers: (prune records, proxy timer)."""
-        timer, records = DeviceTimer(self.model.device), []
-        for segment in self.segments:
-            x0_hat = self.run_steps(self.state, segment, self.seed, progress)
-            if segment.keep is not None:
-                with timer.interval():
-                    records.append(self.prune(self.state, segment, x0_hat, prompts, self.seed))
-        return records, timer
+        return self.run_segments(self.state, prompts, self.seed, progress)
 
     def replay(self, prompts: list[str], progress=None):
         """Replays the captured segments; a proxy that cannot be captured runs between them. Returns

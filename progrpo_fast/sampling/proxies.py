@@ -181,6 +181,20 @@ class RandomProxy(Proxy):
         return Selection(index, noise[:, 0], var_all, ops.group_variance(noise[index], ckpt.keep, check_finite=False))
 
 
+def ridge_fit(x: torch.Tensor, y: torch.Tensor, penalty: float, *, intercept: bool = False, standardise: bool = False) -> torch.Tensor:
+    """fp32 weights w = (X^T X + penalty I)^-1 X^T y, solved in x's dtype (the probes pass fp64).
+    ``intercept``: X = [x, 1], the last weight the bias (penalised too). ``standardise``: X = x / S,
+    S the columns' std (floored at 1e-8), and w is returned for the raw x (w_X / S)."""
+    if standardise:
+        scale = x.std(0).clamp_min(1e-8)
+        x = x / scale
+    if intercept:
+        x = torch.cat([x, torch.ones_like(x[:, :1])], 1)
+    gram = x.T @ x + penalty * torch.eye(x.shape[1], dtype=x.dtype)
+    weights = torch.linalg.solve(gram, x.T @ y)
+    return (weights / scale if standardise else weights).float()
+
+
 @dataclass
 class _RidgeProbe:
     """reward ~ [features, 1] @ weights, fitted by ridge regression on a bounded buffer (CPU,
@@ -248,9 +262,7 @@ class ProbeProxy(Proxy):
             stacked_x, stacked_y = torch.cat(probe.features)[-self.buffer_size :], torch.cat(probe.rewards)[-self.buffer_size :]
             probe.features, probe.rewards = [stacked_x], [stacked_y]
             if stacked_y.numel() >= self.min_samples:
-                design = torch.cat([stacked_x, torch.ones_like(stacked_x[:, :1])], 1)
-                gram = design.T @ design + self.ridge * torch.eye(design.shape[1], dtype=design.dtype)
-                fitted = torch.linalg.solve(gram, design.T @ stacked_y).float()
+                fitted = ridge_fit(stacked_x, stacked_y, self.ridge, intercept=True)
                 if probe.weights is None:
                     probe.weights = fitted.to(record.kept_features.device)
                 else:
@@ -417,10 +429,7 @@ class HiddenProbeProxy(Proxy):
 
     def fit(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """Ridge regression of y on standardised x (fp64), returned as fp32 weights on the raw features."""
-        scale = x.std(0).clamp_min(1e-8)
-        z = x / scale
-        gram = z.T @ z + self.ridge * z.shape[0] * torch.eye(z.shape[1], dtype=z.dtype)
-        return (torch.linalg.solve(gram, z.T @ y) / scale).float()
+        return ridge_fit(x, y, self.ridge * x.shape[0], standardise=True)
 
     def state_dict(self) -> dict:
         return {"weights": {step: w.cpu() for step, w in self.weights.items()}, "buffers": dict(self.buffers)}

@@ -23,6 +23,7 @@ from typing import NamedTuple
 import torch
 
 from progrpo_fast.ops import backends
+from progrpo_fast.ops._checks import is_int
 
 __all__ = [
     "StepOutput",
@@ -53,10 +54,6 @@ class StepOutput(NamedTuple):
     std: torch.Tensor
     log_prob: torch.Tensor
     x0_hat: torch.Tensor
-
-
-def _is_int(value) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
 
 
 def _per_row(value, x: torch.Tensor, name: str) -> torch.Tensor:
@@ -273,7 +270,7 @@ def keyed_noise(seed, traj_ids: torch.Tensor, step: int, shape, device=None, *, 
         raise ValueError(f"traj_ids must be a 1-D int64 tensor, got {getattr(traj_ids, 'shape', type(traj_ids).__name__)}")
     if len(shape) < 1 or shape[0] != traj_ids.shape[0]:
         raise ValueError(f"shape must be (B, ...) with B = len(traj_ids) = {traj_ids.shape[0]}, got {shape}")
-    if not _is_int(step) or not 0 <= step < 2**32:
+    if not is_int(step) or not 0 <= step < 2**32:
         raise ValueError(f"step must be an int in [0, 2^32), got {step!r}")
     device = traj_ids.device if device is None else torch.device(device)
     seed = seed_tensor(seed, device)
@@ -303,6 +300,6 @@ def seed_tensor(seed, device) -> torch.Tensor:
             raise ValueError(f"seed must be an int or a 0-dim int64 tensor on {device}, got a {seed.dtype} tensor of shape "
                              f"{tuple(seed.shape)} on {seed.device}")
         return seed
-    if not _is_int(seed) or not 0 <= seed < 2**63:
+    if not is_int(seed) or not 0 <= seed < 2**63:
         raise ValueError(f"seed must be an int in [0, 2^63), got {seed!r}")
     return torch.full((), seed, dtype=torch.int64, device=device)

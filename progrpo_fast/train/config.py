@@ -32,7 +32,9 @@ from typing import Literal
 
 import yaml
 
+from progrpo_fast.ops._checks import is_int
 from progrpo_fast.sampling.schedule import PruneSchedule
+from progrpo_fast.sampling.stepper import FLOW_METHODS
 
 __all__ = [
     "Config", "ModelConfig", "SamplerConfig", "RewardConfig", "TrainConfig", "LogConfig", "PromptsConfig",
@@ -45,7 +47,6 @@ FLOW_KINDS = ("shapes", "sd3", "flux")
 RANDOM_KINDS = ("sd35m_random", "qwen_image_random", "wan21_1p3b_random")
 OTHER_FLOW_KINDS = ("qwen_image", "wan", *RANDOM_KINDS)
 VIDEO_KINDS = ("wan", "wan21_1p3b_random")
-FLOW_METHODS = ("sde", "cps", "ode")
 DOWNLOAD_EXAMPLES = {
     "sd3": "stabilityai/stable-diffusion-3.5-medium",
     "flux": "black-forest-labs/FLUX.1-dev",
@@ -349,7 +350,7 @@ def _coerce(value, tp, key: str):
             return value
         raise wrong()
     if tp is int:
-        if isinstance(value, int) and not isinstance(value, bool):
+        if is_int(value):
             return value
         raise wrong()
     if tp is float:

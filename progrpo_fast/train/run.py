@@ -11,12 +11,10 @@ from pathlib import Path
 
 import torch
 
+from progrpo_fast.ops.dtypes import DTYPES
 from progrpo_fast.sampling.denoiser import decode_rows
 from progrpo_fast.train.checkpoint import CheckpointStore
 from progrpo_fast.train.trainer import Distributed, Trainer, iteration_seed, score_images, write_jsonl
-
-DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
-
 
 def build_model(model_cfg, device=None):
     """A Denoiser adapter for config.model (the shipped shapes model by default)."""
