@@ -19,7 +19,7 @@ Environment variables read at build time:
   (and Triton) backends.
 - ``PROGRPO_FAST_REQUIRE_EXTENSION=1``: a failed extension build fails the install. Otherwise
   the failure is reported as a warning and the pure-Python package is installed anyway
-  (``progrpo_fast.backends.report()`` then says why ``_C`` did not load).
+  (``progrpo_fast.ops.backends.report()`` then says why ``_C`` did not load).
 - ``CMAKE_BUILD_PARALLEL_LEVEL``: parallel compile jobs (default: all cores).
 - ``PROGRPO_FAST_BUILD_TYPE``: CMake build type (default ``Release``).
 """

@@ -12,7 +12,8 @@ import os
 import pytest
 import torch
 
-from progrpo_fast import backends, ops
+from progrpo_fast import ops
+from progrpo_fast.ops import backends
 from progrpo_fast.sampling.sde import keyed_noise
 
 CUDA = torch.cuda.is_available()

@@ -14,7 +14,7 @@ def info() -> dict[str, str]:
     import torch
 
     import progrpo_fast
-    from progrpo_fast import backends
+    from progrpo_fast.ops import backends
 
     rows = {
         "progrpo-fast": progrpo_fast.__version__,

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from progrpo_fast import backends
+from progrpo_fast.ops import backends
 
 ROOT = Path(__file__).resolve().parents[1]
 CSRC = ROOT / "csrc"

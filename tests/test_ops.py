@@ -6,7 +6,8 @@ import math
 import pytest
 import torch
 
-from progrpo_fast import backends, ops
+from progrpo_fast import ops
+from progrpo_fast.ops import backends
 from progrpo_fast.ops import reference
 
 DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")

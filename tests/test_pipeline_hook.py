@@ -3,7 +3,7 @@ import pytest
 import torch
 
 from progrpo_fast.sampling import PruneSchedule
-from progrpo_fast.sampling.pipeline_hook import PruneCallback
+from progrpo_fast.models.pipeline_hook import PruneCallback
 from progrpo_fast.sampling.sampler import ExpandPruneSampler
 from test_adapters import ADAPTERS, PROMPTS, build
 

@@ -7,7 +7,7 @@ from adapter_checks import check_from_pretrained, check_pruned_sampling
 from progrpo_fast.models.qwen_image import QwenImageDenoiser
 from progrpo_fast.models.tiny import tiny_qwen_image_pipeline
 from progrpo_fast.sampling import PruneSchedule
-from progrpo_fast.sampling.pipeline_hook import PruneCallback
+from progrpo_fast.models.pipeline_hook import PruneCallback
 from progrpo_fast.sampling.sampler import ExpandPruneSampler
 
 PROMPTS = ["a red circle", "two blue squares left of a green triangle"]  # different lengths: padded, with a mask

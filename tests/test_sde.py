@@ -10,12 +10,11 @@ try:
 except ImportError:  # the scheduler comparisons skip; everything else runs
     DDIMScheduler = FlowMatchEulerDiscreteScheduler = None
 
+from progrpo_fast.models.schedules import ddim_alphas, flow_sigmas
 from progrpo_fast.sampling import (
-    ddim_alphas,
     ddim_step,
     flow_cps_step,
     flow_sde_step,
-    flow_sigmas,
     gaussian_log_prob,
     keyed_noise,
 )

@@ -72,7 +72,7 @@ def measure_units(trainer, rows: int, repeats: int = 3) -> tuple[UnitCosts, Unit
     objective (the units of the cost model), in the sampler's calls of sampler.forward_rows rows."""
     from torch.utils.flop_counter import FlopCounterMode
 
-    from progrpo_fast.models.base import decode_rows, repeat_rows
+    from progrpo_fast.sampling.denoiser import decode_rows, repeat_rows
     from progrpo_fast.sampling.sampler import synchronized_clock
     from progrpo_fast.train.trainer import score_images
 

@@ -18,7 +18,7 @@ RESULTS_DIR = Path("benchmarks/results")
 
 def machine() -> dict:
     import progrpo_fast
-    from progrpo_fast import backends
+    from progrpo_fast.ops import backends
 
     device = f"{torch.cuda.get_device_name()}" if torch.cuda.is_available() else f"CPU: {cpu_name()}, {torch.get_num_threads()} threads"
     return {"device": device, "python": platform.python_version(), "torch": torch.__version__, "progrpo_fast": progrpo_fast.__version__,

@@ -9,7 +9,7 @@ import torch
 
 from progrpo_fast.bench.methods import Method, build_trainer, mean, method_config, paired_methods
 from progrpo_fast.bench.results import markdown_table, write_results
-from progrpo_fast.models.base import decode_rows
+from progrpo_fast.sampling.denoiser import decode_rows
 from progrpo_fast.sampling.schedule import PruneSchedule
 
 DESCRIPTION = "proxy selection quality against the OVF oracle and random subsets, per checkpoint"
@@ -61,7 +61,7 @@ def selection_quality(base: str | None, methods: list[Method], batches: int, pro
         for name, sampler in samplers.items():
             rollout = sampler.sample(prompts, seed=rollout_seed)
             proxy = sampler.proxy
-            if hasattr(proxy, "observe"):
+            if proxy.learns:
                 proxy.observe(rollout, final_of[rollout.trajectory_ids.cpu()].to(rollout.latents.device))
                 if batch < batches // 2:
                     continue

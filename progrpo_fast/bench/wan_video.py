@@ -65,7 +65,8 @@ def build_model(kind: str, frames: int, height: int, width: int, device: str, dt
 def measure(frames=(9, 17), iterations: int = 5, methods: dict[str, str] = METHODS, model: str = "tiny", height: int = 32, width: int = 32,
         proxy: str = "latent", device: str | None = None, dtype: str = "fp32", overrides=(), progress=print) -> list[dict]:
     """One row per (frame count, method); see the module doc."""
-    from progrpo_fast.train.build import DTYPES, build_prompts, build_reward
+    from progrpo_fast.ops.dtypes import DTYPES
+    from progrpo_fast.train.build import build_prompts, build_reward
     from progrpo_fast.train.config import load_config
     from progrpo_fast.train.trainer import Trainer
 

@@ -5,7 +5,7 @@ import torch
 from diffusers import DDIMScheduler, StableDiffusionPipeline
 
 from progrpo_fast.models.base import PipelineDenoiser
-from progrpo_fast.sampling.sde import ddim_alphas
+from progrpo_fast.models.schedules import ddim_alphas
 
 
 class SD1Denoiser(PipelineDenoiser):

@@ -5,7 +5,7 @@ import torch
 from diffusers import StableDiffusion3Pipeline
 
 from progrpo_fast.models.base import PipelineDenoiser
-from progrpo_fast.sampling.sde import flow_sigmas
+from progrpo_fast.models.schedules import flow_sigmas
 
 
 class SD3Denoiser(PipelineDenoiser):

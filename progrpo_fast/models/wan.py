@@ -14,7 +14,7 @@ import torch
 from diffusers import FlowMatchEulerDiscreteScheduler, WanPipeline
 
 from progrpo_fast.models.base import PipelineDenoiser
-from progrpo_fast.sampling.sde import flow_sigmas
+from progrpo_fast.models.schedules import flow_sigmas
 
 
 def flow_match_euler(scheduler) -> FlowMatchEulerDiscreteScheduler:

@@ -1,7 +1,7 @@
 """Public pruning ops, importable by any sampler.
 
 Every op takes and returns tensors on the caller's device, validates its arguments (ValueError
-naming the argument), and dispatches to a backend (see ``progrpo_fast.backends``). Only the value
+naming the argument), and dispatches to a backend (see ``progrpo_fast.ops.backends``). Only the value
 checks sync the host: pass ``check_finite=False`` (and for ``compact_``, ``check_values=False``)
 inside CUDA-graph capture or other sync-free code.
 """
@@ -9,8 +9,7 @@ from __future__ import annotations
 
 import torch
 
-from progrpo_fast import backends
-from progrpo_fast.ops import _checks
+from progrpo_fast.ops import _checks, backends
 
 __all__ = ["pool_latents", "group_variance", "ovf_select", "variance_select", "prune_select", "compact_"]
 

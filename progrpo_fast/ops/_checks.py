@@ -6,6 +6,11 @@ import torch
 FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
 
 
+def is_int(value) -> bool:
+    """An int and not a bool."""
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
 def check_tensor(name: str, x, ndims: tuple[int, ...] | None = None, floating: bool = True) -> None:
     if not isinstance(x, torch.Tensor):
         raise ValueError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
@@ -25,7 +30,7 @@ def check_finite(name: str, x: torch.Tensor) -> None:
 
 
 def check_group(name: str, batch: int, group_size) -> int:
-    if not isinstance(group_size, int) or isinstance(group_size, bool) or group_size < 1:
+    if not is_int(group_size) or group_size < 1:
         raise ValueError(f"group_size must be a positive int, got {group_size!r}")
     if batch % group_size != 0:
         raise ValueError(
@@ -36,12 +41,12 @@ def check_group(name: str, batch: int, group_size) -> int:
 
 
 def check_k(k, n: int) -> None:
-    if not isinstance(k, int) or isinstance(k, bool) or not 1 <= k <= n:
+    if not is_int(k) or not 1 <= k <= n:
         raise ValueError(f"k must be an int in [1, {n}] (the group size), got {k!r}")
 
 
 def check_grid(grid, height: int, width: int) -> None:
-    if not isinstance(grid, int) or isinstance(grid, bool) or grid < 1:
+    if not is_int(grid) or grid < 1:
         raise ValueError(f"grid must be a positive int, got {grid!r}")
     if grid > min(height, width):
         raise ValueError(f"grid={grid} exceeds the latent's spatial size {height}x{width}; use grid <= {min(height, width)}")
@@ -78,9 +83,3 @@ def check_index_values(index: torch.Tensor, rows: int) -> None:
         ok = ok & (index[1:] > index[:-1]).all()
     if not bool(ok):
         raise ValueError(f"index must be strictly ascending row numbers in [0, {rows}), got {index.tolist()[:16]}...")
-
-
-def check_same_device(**tensors) -> None:
-    devices = {name: t.device for name, t in tensors.items()}
-    if len(set(devices.values())) > 1:
-        raise ValueError(f"tensors must share one device, got {devices}")

@@ -9,6 +9,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from progrpo_fast.ops.dtypes import DTYPES
+
 from .base import Reward
 
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)  # OpenAI CLIP's; open_clip, BLIP and ImageReward use the same
@@ -107,9 +109,6 @@ def load_tokenizer(folder: Path, tokenizer_path, what: str, hint: str):
             return AutoTokenizer.from_pretrained(str(candidate), local_files_only=True)
     looked = ", ".join(repr(str(candidate)) for candidate in candidates)
     raise ValueError(f"{what}: no tokenizer files ({', '.join(TOKENIZER_FILES)}) in {looked}; {hint}")
-
-
-DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 class ModelReward(Reward):

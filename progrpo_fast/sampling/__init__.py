@@ -1,13 +1,11 @@
-"""Sampling: fp32 SDE/ODE/DDIM step math with log-probs, keyed noise, scheduler helpers and
-expand-and-prune schedules."""
+"""Sampling: fp32 SDE/ODE/DDIM step math with log-probs, keyed noise, the Denoiser interface and
+expand-and-prune schedules. (Schedules read from diffusers schedulers: ``progrpo_fast.models.schedules``.)"""
 from progrpo_fast.sampling.schedule import PruneSchedule
 from progrpo_fast.sampling.sde import (
     StepOutput,
-    ddim_alphas,
     ddim_step,
     flow_cps_step,
     flow_sde_step,
-    flow_sigmas,
     gaussian_log_prob,
     keyed_noise,
 )
@@ -15,11 +13,9 @@ from progrpo_fast.sampling.sde import (
 __all__ = [
     "PruneSchedule",
     "StepOutput",
-    "ddim_alphas",
     "ddim_step",
     "flow_cps_step",
     "flow_sde_step",
-    "flow_sigmas",
     "gaussian_log_prob",
     "keyed_noise",
 ]

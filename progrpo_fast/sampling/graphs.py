@@ -25,12 +25,7 @@ from progrpo_fast.sampling.sde import seed_tensor
 LOG_PREFIX = "[progrpo-fast]"
 
 
-def proxy_capturable(proxy) -> bool:
-    """Whether ``proxy`` declares its __call__ pure device work (proxies without the attribute are not)."""
-    return bool(getattr(proxy, "capturable", False))
-
-
-def graph_support(model, proxy=None, *, sharded: bool = False, history_device: str = "model") -> tuple[bool, str]:
+def graph_support(model, *, sharded: bool = False, history_device: str = "model") -> tuple[bool, str]:
     """Whether rollouts of ``model`` can be captured as CUDA graphs, and why not. The proxy never
     prevents it: a proxy that cannot be captured runs between the captured segments."""
     if model.device.type != "cuda":
@@ -81,11 +76,7 @@ class GraphSampler(ExpandPruneSampler):
             self.prepare(key, len(prompts), cond, prompts)
         self.load_inputs(cond, seed_on_device)
         records, timer = self.replay(prompts, progress) if self.uses_graphs else self.run_eagerly(prompts, progress)
-        state = self.state
-        live = {name: state.live(name).clone() for name in ("history", "log_probs", "trajectory_ids", "prompt_index")}
-        return Rollout(list(prompts), live["history"], live["log_probs"], live["trajectory_ids"], live["prompt_index"],
-                       {name: value.clone() for name, value in state.live_cond().items()}, self.stepper.timesteps, state.group,
-                       seed, self.schedule.trajectory_steps(len(prompts)), records, timer)
+        return self.rollout(self.state, prompts, seed, records, timer, copy=True)
 
     # ------------------------------------------------------------------ static buffers
     def capture_key(self, num_prompts: int, cond: dict[str, torch.Tensor]):
@@ -98,7 +89,7 @@ class GraphSampler(ExpandPruneSampler):
         return (num_prompts, str(self.schedule), tuple(model.latent_shape()), model.dtype, autocast,
                 tuple((name, tuple(value.shape), value.dtype) for name, value in cond.items()),
                 stepper.method, stepper.eta, stepper.noise_steps, type(self.proxy).__name__,
-                getattr(self.proxy, "graph_key", lambda: None)(), parameters, getattr(network, "training", None))
+                self.proxy.graph_key(), parameters, getattr(network, "training", None))
 
     def prepare(self, key, num_prompts: int, cond: dict[str, torch.Tensor], prompts: list[str]) -> None:
         """Allocates the static buffers at P x G_max rows; on CUDA warms up and captures every segment."""
@@ -133,24 +124,18 @@ class GraphSampler(ExpandPruneSampler):
         """Steps of ``segment`` and, when the proxy can be captured, its checkpoint: (x0_hat, record or None)."""
         x0_hat = self.run_steps(self.state, segment, self.seed, progress)
         record = None
-        if segment.keep is not None and proxy_capturable(self.proxy):
+        if segment.keep is not None and self.proxy.capturable:
             record = self.prune(self.state, segment, x0_hat, prompts, self.seed)
         return x0_hat, record
 
     def run_eagerly(self, prompts: list[str], progress=None):
         """Every segment eagerly on the static buffers: (prune records, proxy timer)."""
-        timer, records = DeviceTimer(self.model.device), []
-        for segment in self.segments:
-            x0_hat = self.run_steps(self.state, segment, self.seed, progress)
-            if segment.keep is not None:
-                with timer.interval():
-                    records.append(self.prune(self.state, segment, x0_hat, prompts, self.seed))
-        return records, timer
+        return self.run_segments(self.state, prompts, self.seed, progress)
 
     def replay(self, prompts: list[str], progress=None):
         """Replays the captured segments; a proxy that cannot be captured runs between them. Returns
         (prune records, proxy timer or None when the pruning is inside the graphs)."""
-        state, capturable = self.state, proxy_capturable(self.proxy)
+        state, capturable = self.state, self.proxy.capturable
         if self.static_pointers() != self.captured_pointers:
             raise RuntimeError("GraphSampler's static buffers were replaced after capture; the graphs would read freed memory "
                                "(write into sampler.state's tensors in place, never assign new ones)")
@@ -197,14 +182,14 @@ class GraphSampler(ExpandPruneSampler):
             graph = torch.cuda.CUDAGraph()
             with self.capture_autocast(), torch.cuda.graph(graph, pool=pool):
                 outputs = self.run_segment(segment, prompts)
-            if segment.keep is not None and not proxy_capturable(self.proxy):  # pruned eagerly at replay
+            if segment.keep is not None and not self.proxy.capturable:  # pruned eagerly at replay
                 state.rows, state.group = state.rows // state.group * segment.keep, segment.keep
             self.graphs.append(graph)
             self.segment_outputs.append(outputs)
             self.capture_memory.append(torch.cuda.memory_reserved(device) - before)
         self.captures += 1
         self.captured_pointers = self.static_pointers()
-        note = "" if proxy_capturable(self.proxy) else f"; the {getattr(self.proxy, 'name', type(self.proxy).__name__)} proxy does host work and runs between them"
+        note = "" if self.proxy.capturable else f"; the {self.proxy.name or type(self.proxy).__name__} proxy does host work and runs between them"
         print(f"{LOG_PREFIX} cuda graphs: captured {len(self.graphs)} segments of schedule {self.schedule} for "
               f"{full_rows // self.schedule.group_size_max} prompts ({self.capture_memory[-1] / 2**20:.0f} MiB pool){note}")
 
@@ -218,7 +203,7 @@ def build_sampler(model, schedule, sampler_config, proxy=None, *, sharded: bool 
         raise ValueError(f"sampler.cuda_graphs must be 'auto', 'true' or 'false', got {mode!r}")
     if mode == "false":
         return ExpandPruneSampler.from_config(model, schedule, sampler_config, proxy)
-    ok, why = graph_support(model, proxy, sharded=sharded, history_device=sampler_config.history_device)
+    ok, why = graph_support(model, sharded=sharded, history_device=sampler_config.history_device)
     if not ok:
         if mode == "true":
             raise ValueError(f"sampler.cuda_graphs=true but CUDA graphs cannot run here: {why}; set sampler.cuda_graphs=auto or false")

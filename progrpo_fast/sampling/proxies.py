@@ -8,11 +8,15 @@ previous step, no extra network evaluation) and returns flat survivor rows, asce
 - ``probe``: a ridge-regression probe from pooled x0_hat features to the final reward, fitted
   online on earlier rollouts' survivors (one probe per checkpoint step); ``latent`` until fitted.
 - ``random``: a uniformly random subset (the control).
+- ``hidden``: a probe from the denoiser's own hidden features (``HiddenProbeProxy``).
+
+Every proxy subclasses ``Proxy``, the contract the samplers and the trainer call directly.
 """
 from __future__ import annotations
 
 import contextlib
 from dataclasses import dataclass, field
+from typing import Protocol
 
 import torch
 
@@ -56,6 +60,63 @@ class Selection:
     features: torch.Tensor | None = None
 
 
+class ProxyProtocol(Protocol):
+    """What the samplers (sampler.py, graphs.py) and the trainer call on a proxy."""
+
+    name: str
+    capturable: bool
+    learns: bool
+
+    def __call__(self, ckpt: Checkpoint) -> Selection: ...
+
+    def graph_key(self): ...
+
+    def one_pass(self): ...
+
+    def observe(self, rollout, final_rewards: torch.Tensor) -> dict[int, float]: ...
+
+    def state_dict(self): ...
+
+    def load_state_dict(self, state) -> None: ...
+
+
+class Proxy:
+    """Base of every proxy (``ProxyProtocol`` with defaults). Subclasses implement ``__call__``
+    and override what applies to them:
+
+    - ``name``: the proxy's name in PROXIES and logs.
+    - ``capturable``: True when ``__call__`` is pure device work (no host sync), so a CUDA graph
+      can capture it with the denoising steps; False runs it eagerly between captured segments.
+    - ``learns``: True when ``observe`` fits the proxy to final rewards (the probes).
+    - ``graph_key()``: the proxy state a captured graph depends on; a change re-captures.
+    - ``one_pass()``: context around the row-chunked network calls of one denoising pass.
+    - ``observe(rollout, final_rewards)``: learns from a finished rollout; returns a report per step.
+    - ``state_dict()`` / ``load_state_dict(state)``: what a training checkpoint keeps (None: nothing).
+    """
+
+    name = ""
+    capturable = False
+    learns = False
+
+    def __call__(self, ckpt: Checkpoint) -> Selection:
+        raise NotImplementedError(f"{type(self).__name__} must implement __call__(ckpt) -> Selection")
+
+    def graph_key(self):
+        return None
+
+    def one_pass(self):
+        return contextlib.nullcontext()
+
+    def observe(self, rollout, final_rewards: torch.Tensor) -> dict[int, float]:
+        return {}
+
+    def state_dict(self):
+        return None
+
+    def load_state_dict(self, state) -> None:
+        pass
+
+
 def select_by_scores(scores: torch.Tensor, ckpt: Checkpoint, features: torch.Tensor | None = None) -> Selection:
     index, var_all, var_kept = ops.prune_select(scores, ckpt.group_size, ckpt.keep, return_variance=True, check_finite=False)
     return Selection(index, scores, var_all, var_kept, features)
@@ -67,7 +128,7 @@ def select_by_features(features: torch.Tensor, ckpt: Checkpoint, grid: int, keep
     return Selection(index, None, var_all, var_kept, features if keep_features else None)
 
 
-class LatentProxy:
+class LatentProxy(Proxy):
     """Pooled x0_hat features, total-variance selection (one fused op)."""
 
     name = "latent"
@@ -83,7 +144,7 @@ class LatentProxy:
         return self.grid
 
 
-class RewardProxy:
+class RewardProxy(Proxy):
     """The paper's proxy: decode x0_hat, score with reward_fn(images (B, 3, H, W) in [0, 1],
     prompts) -> (B,) rewards, in batches of ``batch_size`` rows (None: all), exact scalar OVF. Host work (row prompts, the reward model's own
     preprocessing), so it runs between captured CUDA-graph segments, not inside them."""
@@ -104,11 +165,8 @@ class RewardProxy:
             scores.append(torch.as_tensor(self.reward_fn(images, prompts[start : start + size]), dtype=torch.float32, device=ckpt.x0_hat.device))
         return select_by_scores(torch.cat(scores), ckpt)
 
-    def graph_key(self):
-        return None
 
-
-class RandomProxy:
+class RandomProxy(Proxy):
     """A uniformly random subset per group, keyed by (seed, trajectory id, step) (the control)."""
 
     name = "random"
@@ -122,8 +180,19 @@ class RandomProxy:
         var_all = ops.group_variance(noise, ckpt.group_size, check_finite=False)
         return Selection(index, noise[:, 0], var_all, ops.group_variance(noise[index], ckpt.keep, check_finite=False))
 
-    def graph_key(self):
-        return None
+
+def ridge_fit(x: torch.Tensor, y: torch.Tensor, penalty: float, *, intercept: bool = False, standardise: bool = False) -> torch.Tensor:
+    """fp32 weights w = (X^T X + penalty I)^-1 X^T y, solved in x's dtype (the probes pass fp64).
+    ``intercept``: X = [x, 1], the last weight the bias (penalised too). ``standardise``: X = x / S,
+    S the columns' std (floored at 1e-8), and w is returned for the raw x (w_X / S)."""
+    if standardise:
+        scale = x.std(0).clamp_min(1e-8)
+        x = x / scale
+    if intercept:
+        x = torch.cat([x, torch.ones_like(x[:, :1])], 1)
+    gram = x.T @ x + penalty * torch.eye(x.shape[1], dtype=x.dtype)
+    weights = torch.linalg.solve(gram, x.T @ y)
+    return (weights / scale if standardise else weights).float()
 
 
 @dataclass
@@ -141,7 +210,7 @@ class _RidgeProbe:
         return features @ weights[:-1] + weights[-1]
 
 
-class ProbeProxy:
+class ProbeProxy(Proxy):
     """Linear probe from pooled x0_hat features (grid x grid mean pool) to the final reward.
 
     ``observe(rollout, final_rewards)`` after each rollout pairs the survivors' checkpoint
@@ -152,6 +221,7 @@ class ProbeProxy:
 
     name = "probe"
     capturable = True
+    learns = True
 
     def __init__(self, grid: int = 4, ridge: float = 1.0, min_samples: int = 64, buffer_size: int = 4096):
         self.grid, self.ridge, self.min_samples, self.buffer_size = grid, ridge, min_samples, buffer_size
@@ -192,9 +262,7 @@ class ProbeProxy:
             stacked_x, stacked_y = torch.cat(probe.features)[-self.buffer_size :], torch.cat(probe.rewards)[-self.buffer_size :]
             probe.features, probe.rewards = [stacked_x], [stacked_y]
             if stacked_y.numel() >= self.min_samples:
-                design = torch.cat([stacked_x, torch.ones_like(stacked_x[:, :1])], 1)
-                gram = design.T @ design + self.ridge * torch.eye(design.shape[1], dtype=design.dtype)
-                fitted = torch.linalg.solve(gram, design.T @ stacked_y).float()
+                fitted = ridge_fit(stacked_x, stacked_y, self.ridge, intercept=True)
                 if probe.weights is None:
                     probe.weights = fitted.to(record.kept_features.device)
                 else:
@@ -259,7 +327,7 @@ def default_probe_block(network: torch.nn.Module) -> torch.nn.Module:
     raise ValueError(f"{type(network).__name__} has no block list (a ModuleList child) to read hidden features from; pass block=")
 
 
-class HiddenProbeProxy:
+class HiddenProbeProxy(Proxy):
     """A probe from the denoiser's own hidden features to the final reward: never decodes, never
     calls the reward model.
 
@@ -281,6 +349,7 @@ class HiddenProbeProxy:
 
     name = "hidden"
     capturable = True
+    learns = True
 
     def __init__(self, network: torch.nn.Module, block: torch.nn.Module | None = None, ridge: float = 10.0, min_samples: int = 64,
                  buffer_size: int = 4096):
@@ -360,10 +429,7 @@ class HiddenProbeProxy:
 
     def fit(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """Ridge regression of y on standardised x (fp64), returned as fp32 weights on the raw features."""
-        scale = x.std(0).clamp_min(1e-8)
-        z = x / scale
-        gram = z.T @ z + self.ridge * z.shape[0] * torch.eye(z.shape[1], dtype=z.dtype)
-        return (torch.linalg.solve(gram, z.T @ y) / scale).float()
+        return ridge_fit(x, y, self.ridge * x.shape[0], standardise=True)
 
     def state_dict(self) -> dict:
         return {"weights": {step: w.cpu() for step, w in self.weights.items()}, "buffers": dict(self.buffers)}

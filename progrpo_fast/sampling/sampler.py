@@ -23,14 +23,12 @@ from dataclasses import dataclass, field
 import torch
 
 from progrpo_fast import ops
-from progrpo_fast.models.base import Denoiser, repeat_rows
+from progrpo_fast.ops.dtypes import DTYPES
+from progrpo_fast.sampling.denoiser import Denoiser, repeat_rows
 from progrpo_fast.sampling.proxies import Checkpoint, LatentProxy
 from progrpo_fast.sampling.schedule import PruneSchedule
 from progrpo_fast.sampling.sde import gaussian_log_prob, keyed_noise, seed_tensor
 from progrpo_fast.sampling.stepper import Stepper
-
-
-HISTORY_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 @dataclass
@@ -176,8 +174,8 @@ class ExpandPruneSampler:
             raise ValueError(f"forward_rows must be an int >= 1 (or None: all rows in one call), got {forward_rows!r}")
         if id_stride is not None and id_stride < schedule.group_size_max:
             raise ValueError(f"id_stride must be >= the schedule's G_max = {schedule.group_size_max} (or None), got {id_stride}")
-        if history_dtype not in HISTORY_DTYPES.values():
-            raise ValueError(f"history_dtype must be one of {list(HISTORY_DTYPES.values())}, got {history_dtype!r}")
+        if history_dtype not in DTYPES.values():
+            raise ValueError(f"history_dtype must be one of {list(DTYPES.values())}, got {history_dtype!r}")
         self.model, self.schedule, self.id_stride = model, schedule, id_stride
         self.proxy = proxy if proxy is not None else LatentProxy()
         self.step_context = lambda step: contextlib.nullcontext()  # step -> context around that step's network evaluation
@@ -194,7 +192,7 @@ class ExpandPruneSampler:
         return cls(model, schedule, proxy, method=sampler_config.method, eta=sampler_config.eta, noise_steps=sampler_config.noise_steps,
                    id_stride=sampler_config.trajectory_id_stride,
                    history_device=None if sampler_config.history_device == "model" else sampler_config.history_device,
-                   history_dtype=HISTORY_DTYPES[sampler_config.history_dtype], forward_rows=sampler_config.forward_rows, **kwargs)
+                   history_dtype=DTYPES[sampler_config.history_dtype], forward_rows=sampler_config.forward_rows, **kwargs)
 
     @torch.no_grad()
     def sample(self, prompts: list[str], seed: int, progress=None) -> Rollout:
@@ -202,15 +200,21 @@ class ExpandPruneSampler:
         device = self.model.device
         seed_on_device = seed_tensor(seed, device)
         state = self.new_state(len(prompts), self.encode_rows(prompts))
-        timer, records = DeviceTimer(device), []
-        for segment in self.segments:
-            x0_hat = self.run_steps(state, segment, seed_on_device, progress)
-            if segment.keep is not None:
-                with timer.interval():
-                    records.append(self.prune(state, segment, x0_hat, prompts, seed_on_device))
+        records, timer = self.run_segments(state, prompts, seed_on_device, progress)
         return self.rollout(state, prompts, seed, records, timer)
 
     # ------------------------------------------------------------------ the pieces
+    def run_segments(self, state: RowState, prompts: list[str], seed: torch.Tensor, progress=None) -> tuple[list[PruneRecord], DeviceTimer]:
+        """Every segment eagerly on ``state``: its steps, then its checkpoint's pruning (timed).
+        Returns (prune records, proxy timer)."""
+        timer, records = DeviceTimer(self.model.device), []
+        for segment in self.segments:
+            x0_hat = self.run_steps(state, segment, seed, progress)
+            if segment.keep is not None:
+                with timer.interval():
+                    records.append(self.prune(state, segment, x0_hat, prompts, seed))
+        return records, timer
+
     def encode_rows(self, prompts: list[str]) -> dict[str, torch.Tensor]:
         """Per-row conditioning, G_max consecutive rows per prompt (host work: tokenization)."""
         return repeat_rows(self.model.encode(prompts), self.schedule.group_size_max)
@@ -232,7 +236,7 @@ class ExpandPruneSampler:
     def run_steps(self, state: RowState, segment: Segment, seed: torch.Tensor, progress=None) -> torch.Tensor:
         """Denoising steps segment.start .. stop - 1 on the live rows (the first segment first
         draws x_0); returns the last step's x0_hat (rows, *latent_shape)."""
-        model, stepper, device = self.model, self.stepper, self.model.device
+        stepper, device = self.stepper, self.model.device
         history, log_probs, ids, cond = state.live("history"), state.live("log_probs"), state.live("trajectory_ids"), state.live_cond()
         if segment.start == 0:
             history[:, 0] = keyed_noise(seed, ids, 0, history[:, 0].shape)
@@ -259,7 +263,7 @@ class ExpandPruneSampler:
         size = self.forward_rows
         if size is None or x.shape[0] <= size:
             return self.model.predict(x, timestep, cond)
-        with getattr(self.proxy, "one_pass", contextlib.nullcontext)():
+        with self.proxy.one_pass():
             return torch.cat([self.model.predict(x[i : i + size], timestep, {name: value[i : i + size] for name, value in cond.items()})
                               for i in range(0, x.shape[0], size)])
 
@@ -278,10 +282,14 @@ class ExpandPruneSampler:
         state.rows, state.group = selection.index.shape[0], keep
         return record
 
-    def rollout(self, state: RowState, prompts: list[str], seed: int, records: list[PruneRecord], timer: DeviceTimer | None) -> Rollout:
-        return Rollout(list(prompts), state.live("history"), state.live("log_probs"), state.live("trajectory_ids"),
-                       state.live("prompt_index"), state.live_cond(), self.stepper.timesteps, state.group, seed,
-                       self.schedule.trajectory_steps(len(prompts)), records, timer)
+    def rollout(self, state: RowState, prompts: list[str], seed: int, records: list[PruneRecord], timer: DeviceTimer | None,
+                *, copy: bool = False) -> Rollout:
+        """The Rollout of ``state``'s live rows: views of its tensors, or clones with ``copy`` (a
+        GraphSampler's static buffers are rewritten by its next call)."""
+        take = torch.clone if copy else (lambda tensor: tensor)
+        return Rollout(list(prompts), take(state.live("history")), take(state.live("log_probs")), take(state.live("trajectory_ids")),
+                       take(state.live("prompt_index")), {name: take(value) for name, value in state.live_cond().items()},
+                       self.stepper.timesteps, state.group, seed, self.schedule.trajectory_steps(len(prompts)), records, timer)
 
 
 def check_prompts(prompts) -> None:

@@ -14,13 +14,11 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
+from progrpo_fast.ops._checks import is_int
+
 __all__ = ["PruneSchedule"]
 
 _STRING_FORM = re.compile(r"^\s*(\d+)\s*(?::\s*(\d+\s*=\s*\d+(?:\s*,\s*\d+\s*=\s*\d+)*))?\s*@\s*(\d+)\s*$")
-
-
-def _is_int(value) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
 
 
 @dataclass(frozen=True)
@@ -41,20 +39,20 @@ class PruneSchedule:
 
     def validate(self) -> None:
         """Raises ValueError naming the offending field and what is expected."""
-        if not _is_int(self.num_steps) or self.num_steps < 1:
+        if not is_int(self.num_steps) or self.num_steps < 1:
             raise ValueError(f"num_steps must be a positive int, got {self.num_steps!r}")
-        if not _is_int(self.group_size_max) or self.group_size_max < 1:
+        if not is_int(self.group_size_max) or self.group_size_max < 1:
             raise ValueError(f"group_size_max must be a positive int, got {self.group_size_max!r}")
         if len(self.checkpoints) != len(self.keep):
             raise ValueError(f"checkpoints and keep must have the same length (one keep count per checkpoint), got {len(self.checkpoints)} and {len(self.keep)}")
         for t in self.checkpoints:
-            if not _is_int(t) or not 1 <= t < self.num_steps - 1:
+            if not is_int(t) or not 1 <= t < self.num_steps - 1:
                 raise ValueError(f"checkpoints must be ints in [1, num_steps - 1) = [1, {self.num_steps - 1}), got {t!r} in {self.checkpoints}")
         if any(a >= b for a, b in zip(self.checkpoints, self.checkpoints[1:])):
             raise ValueError(f"checkpoints must be strictly ascending, got {self.checkpoints}")
         previous = self.group_size_max
         for k in self.keep:
-            if not _is_int(k) or not 1 <= k < previous:
+            if not is_int(k) or not 1 <= k < previous:
                 raise ValueError(f"keep must be strictly decreasing ints, each >= 1 and < the group size before it (starting from group_size_max={self.group_size_max}), got {k!r} in {self.keep}")
             previous = k
 
@@ -82,7 +80,7 @@ class PruneSchedule:
 
     def trajectory_steps(self, num_prompts: int = 1) -> int:
         """Model evaluations (row-steps) of one rollout of num_prompts prompts: num_prompts * sum(sizes())."""
-        if not _is_int(num_prompts) or num_prompts < 0:
+        if not is_int(num_prompts) or num_prompts < 0:
             raise ValueError(f"num_prompts must be a non-negative int, got {num_prompts!r}")
         return num_prompts * sum(self.sizes())
 

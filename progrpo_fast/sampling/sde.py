@@ -22,6 +22,9 @@ from typing import NamedTuple
 
 import torch
 
+from progrpo_fast.ops import backends
+from progrpo_fast.ops._checks import is_int
+
 __all__ = [
     "StepOutput",
     "flow_sde_step",
@@ -31,8 +34,6 @@ __all__ = [
     "keyed_noise",
     "seed_tensor",
     "philox4x32",
-    "flow_sigmas",
-    "ddim_alphas",
 ]
 
 _LOG_SQRT_2PI = 0.5 * math.log(2.0 * math.pi)
@@ -53,10 +54,6 @@ class StepOutput(NamedTuple):
     std: torch.Tensor
     log_prob: torch.Tensor
     x0_hat: torch.Tensor
-
-
-def _is_int(value) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
 
 
 def _per_row(value, x: torch.Tensor, name: str) -> torch.Tensor:
@@ -153,7 +150,7 @@ def ddim_step(x, eps_hat, alpha, alpha_prev, *, eta: float = 1.0, eps=None, x_ne
     x0_hat = (x - sqrt(1 - a_t) eps_hat) / sqrt(a_t);
     std = eta * sqrt((1 - a_prev) / (1 - a_t)) * sqrt(1 - a_t / a_prev);
     mean = sqrt(a_prev) x0_hat + sqrt(1 - a_prev - std^2) eps_hat; x_next = mean + std * eps.
-    No clipping or thresholding of x0_hat (ddim_alphas refuses schedulers configured for it).
+    No clipping or thresholding of x0_hat (models.schedules.ddim_alphas refuses schedulers configured for it).
     """
     _check_pair(x, eps_hat, "eps_hat")
     x, eps_hat = x.float(), eps_hat.float()
@@ -265,27 +262,20 @@ def keyed_noise(seed, traj_ids: torch.Tensor, step: int, shape, device=None, *, 
     seed: an int in [0, 2^63), or a 0-dim int64 tensor on the noise's device holding one (not
     range-checked: reading it would sync the host; a CUDA graph then serves every seed);
     traj_ids >= 0 (int64); step in [0, 2^32). backend: "torch" (these int64 torch ops), "triton"
-    (progrpo_fast/kernels/keyed_noise.py, one launch), None: triton on CUDA when it loads, else torch.
+    (progrpo_fast/kernels/keyed_noise.py, one launch), None: ``ops.backends.keyed_noise_backend``'s
+    choice (triton on CUDA when it loads, else torch).
     """
     shape = tuple(shape)
     if not isinstance(traj_ids, torch.Tensor) or traj_ids.dim() != 1 or traj_ids.dtype != torch.int64:
         raise ValueError(f"traj_ids must be a 1-D int64 tensor, got {getattr(traj_ids, 'shape', type(traj_ids).__name__)}")
     if len(shape) < 1 or shape[0] != traj_ids.shape[0]:
         raise ValueError(f"shape must be (B, ...) with B = len(traj_ids) = {traj_ids.shape[0]}, got {shape}")
-    if not _is_int(step) or not 0 <= step < 2**32:
+    if not is_int(step) or not 0 <= step < 2**32:
         raise ValueError(f"step must be an int in [0, 2^32), got {step!r}")
     device = traj_ids.device if device is None else torch.device(device)
     seed = seed_tensor(seed, device)
-    if backend is None:
-        from progrpo_fast import backends
-
-        backend = "triton" if device.type == "cuda" and backends.usable("triton", device)[0] else "torch"
-    if backend == "triton":
-        from progrpo_fast import backends
-
+    if backends.keyed_noise_backend(device, backend) == "triton":
         return backends.load("triton")[0].keyed_noise(seed, traj_ids.to(device), step, shape)
-    if backend != "torch":
-        raise ValueError(f"backend must be 'torch', 'triton' or None, got {backend!r}")
     traj = traj_ids.to(device).unsqueeze(1)  # (B, 1)
     per_row = math.prod(shape[1:])
     blocks = (per_row + 3) // 4
@@ -310,50 +300,6 @@ def seed_tensor(seed, device) -> torch.Tensor:
             raise ValueError(f"seed must be an int or a 0-dim int64 tensor on {device}, got a {seed.dtype} tensor of shape "
                              f"{tuple(seed.shape)} on {seed.device}")
         return seed
-    if not _is_int(seed) or not 0 <= seed < 2**63:
+    if not is_int(seed) or not 0 <= seed < 2**63:
         raise ValueError(f"seed must be an int in [0, 2^63), got {seed!r}")
     return torch.full((), seed, dtype=torch.int64, device=device)
-
-
-# ---------------------------------------------------------------------------------------------
-# Schedules from diffusers scheduler instances (so samplers never reimplement scheduler logic).
-
-
-def flow_sigmas(scheduler, num_steps: int, device=None, **set_timesteps_kwargs) -> torch.Tensor:
-    """fp32 (num_steps + 1,) sigmas of a FlowMatchEulerDiscreteScheduler after
-    ``set_timesteps(num_steps, **set_timesteps_kwargs)`` (shift / dynamic shifting ``mu`` included;
-    the last entry is the terminal sigma, 0). Step i goes from sigmas[i] to sigmas[i + 1] and feeds
-    the model ``scheduler.timesteps[i]``. Calls set_timesteps on the scheduler."""
-    if not isinstance(num_steps, int) or num_steps < 1:
-        raise ValueError(f"num_steps must be a positive int, got {num_steps!r}")
-    if getattr(scheduler.config, "stochastic_sampling", False):
-        raise ValueError("the scheduler has stochastic_sampling=True; the SDE steps here add their own noise, use a deterministic scheduler config")
-    scheduler.set_timesteps(num_steps, **set_timesteps_kwargs)
-    sigmas = torch.as_tensor(scheduler.sigmas, dtype=torch.float32)
-    if sigmas.shape != (num_steps + 1,):
-        raise ValueError(f"expected {num_steps + 1} sigmas (num_steps + terminal) from {type(scheduler).__name__}, got {tuple(sigmas.shape)}")
-    return sigmas.to(device) if device is not None else sigmas
-
-
-def ddim_alphas(scheduler, num_steps: int, device=None) -> tuple[torch.Tensor, torch.Tensor]:
-    """(a_t, a_prev), each fp32 (num_steps,): alphas_cumprod of a DDIMScheduler at its timesteps
-    after ``set_timesteps(num_steps)`` and at prev = t - num_train_timesteps // num_steps
-    (final_alpha_cumprod when prev < 0: 1 if set_alpha_to_one, else alphas_cumprod[0]), exactly as
-    DDIMScheduler.step. Step i feeds the model ``scheduler.timesteps[i]``. Calls set_timesteps."""
-    if not isinstance(num_steps, int) or num_steps < 1:
-        raise ValueError(f"num_steps must be a positive int, got {num_steps!r}")
-    config = scheduler.config
-    if config.prediction_type != "epsilon":
-        raise ValueError(f"ddim_step expects an epsilon-predicting model, the scheduler has prediction_type={config.prediction_type!r}")
-    if config.clip_sample or config.thresholding:
-        raise ValueError("ddim_step does not clip or threshold x0_hat; configure the scheduler with clip_sample=False, thresholding=False")
-    scheduler.set_timesteps(num_steps)
-    timesteps = torch.as_tensor(scheduler.timesteps, dtype=torch.int64).cpu()
-    alphas_cumprod = torch.as_tensor(scheduler.alphas_cumprod, dtype=torch.float32).cpu()
-    prev = timesteps - config.num_train_timesteps // num_steps
-    final = torch.as_tensor(scheduler.final_alpha_cumprod, dtype=torch.float32).cpu()
-    a_t = alphas_cumprod[timesteps]
-    a_prev = torch.where(prev >= 0, alphas_cumprod[prev.clamp_min(0)], final)
-    if device is not None:
-        a_t, a_prev = a_t.to(device), a_prev.to(device)
-    return a_t, a_prev

@@ -8,10 +8,9 @@ from pathlib import Path
 
 import torch
 
+from progrpo_fast.ops.dtypes import DTYPES
 from progrpo_fast.train.model_kinds import MODEL_KINDS
 from progrpo_fast.train.trainer import iteration_seed
-
-DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 def build_model(model_cfg, device=None):

@@ -32,7 +32,9 @@ from typing import Literal
 
 import yaml
 
+from progrpo_fast.ops._checks import is_int
 from progrpo_fast.sampling.schedule import PruneSchedule
+from progrpo_fast.sampling.stepper import FLOW_METHODS
 from progrpo_fast.train.model_kinds import MODEL_KINDS, kind_names
 
 __all__ = [
@@ -42,7 +44,6 @@ __all__ = [
 
 PRESETS_DIR = Path(__file__).resolve().parent.parent / "configs"
 
-FLOW_METHODS = ("sde", "cps", "ode")
 ModelKindName = Literal[tuple(MODEL_KINDS)]  # the model.kind values, in the order of train.model_kinds.MODEL_KINDS
 
 
@@ -340,7 +341,7 @@ def _coerce(value, tp, key: str):
             return value
         raise wrong()
     if tp is int:
-        if isinstance(value, int) and not isinstance(value, bool):
+        if is_int(value):
             return value
         raise wrong()
     if tp is float:

@@ -7,7 +7,7 @@ import math
 
 import torch
 
-from progrpo_fast.models.base import decode_rows
+from progrpo_fast.sampling.denoiser import decode_rows
 from progrpo_fast.train.build import EVAL_PROMPT_STREAM, build_prompts, caption_pool, uses_caption_pool
 from progrpo_fast.train.trainer import iteration_seed, score_images
 

@@ -17,7 +17,7 @@ from typing import NamedTuple
 import torch
 
 from progrpo_fast import ops
-from progrpo_fast.models.base import decode_rows
+from progrpo_fast.sampling.denoiser import decode_rows
 from progrpo_fast.sampling.graphs import build_sampler
 from progrpo_fast.sampling.proxies import build_proxy
 from progrpo_fast.sampling.sampler import Rollout, synchronized_clock
@@ -243,7 +243,7 @@ class Trainer:
     def train_iteration(self) -> dict:
         rollout, components, weighted, advantages, timings = self.rollout(self.iteration)
         iteration, group, device = self.iteration, rollout.group_size, self.model.device
-        probe_report = self.proxy.observe(rollout, weighted) if hasattr(self.proxy, "observe") else {}
+        probe_report = self.proxy.observe(rollout, weighted)
         self.last_advantages = advantages  # the survivors' A_i of the latest iteration (read by bench clustering)
 
         start = synchronized_clock(device)
@@ -393,7 +393,7 @@ class Trainer:
             "trainable": {n: full_tensor(p.detach()).clone() for n, p in zip(self.parameter_names, self.parameters)},
             "optimizer": self._optimizer_state(),
             "ema": None if self.ema is None else [full_tensor(e).clone() for e in self.ema],
-            "probe": self.proxy.state_dict() if hasattr(self.proxy, "state_dict") else None,
+            "probe": self.proxy.state_dict(),
             "rng": capture_rng_state(),
             "config": self.config.to_dict(),
         }
@@ -409,7 +409,7 @@ class Trainer:
                 p.copy_(shard_like(saved[name], p))
         self._load_optimizer_state(state["optimizer"])
         self.ema = None if state["ema"] is None else [shard_like(e, p) for e, p in zip(state["ema"], self.parameters)]
-        if state.get("probe") is not None and hasattr(self.proxy, "load_state_dict"):
+        if state.get("probe") is not None:
             self.proxy.load_state_dict(state["probe"])
         restore_rng_state(state["rng"])
         self.iteration = state["iteration"]

@@ -35,11 +35,6 @@ def load(name: str):
         return None, f"{type(err).__name__}: {err}"
 
 
-def cpp_has_cuda() -> bool:
-    module, _ = load("cpp")
-    return bool(module is not None and module.built_with_cuda())
-
-
 def triton_interpreted() -> bool:
     return os.environ.get("TRITON_INTERPRET", "0") == "1"
 
@@ -76,6 +71,21 @@ def choose(device: torch.device, backend: str | None = None):
         if usable(name, device)[0]:
             return load(name)[0]
     return load("torch")[0]
+
+
+KEYED_NOISE_NAMES = ("torch", "triton")
+
+
+def keyed_noise_backend(device: torch.device, backend: str | None = None) -> str:
+    """Which implementation ``sampling.sde.keyed_noise`` runs on ``device``: ``backend`` when given
+    ("torch": the int64 torch ops in sampling/sde.py; "triton": ``progrpo_fast.kernels.keyed_noise``,
+    one launch), else triton on CUDA when it is usable there, else torch. $PROGRPO_FAST_BACKEND
+    does not apply (it names the pruning ops' backends)."""
+    if backend is None:
+        return "triton" if device.type == "cuda" and usable("triton", device)[0] else "torch"
+    if backend not in KEYED_NOISE_NAMES:
+        raise ValueError(f"backend must be 'torch', 'triton' or None, got {backend!r}")
+    return backend
 
 
 def report() -> dict[str, str]:

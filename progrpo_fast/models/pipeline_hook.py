@@ -20,6 +20,7 @@ from __future__ import annotations
 import torch
 
 from progrpo_fast import ops
+from progrpo_fast.models.schedules import ddim_alpha_pairs
 from progrpo_fast.sampling.schedule import PruneSchedule
 
 BATCHED_NETWORK_INPUTS = ("encoder_hidden_states", "encoder_hidden_states_mask", "pooled_projections", "guidance")
@@ -105,10 +106,7 @@ class PruneCallback:
             sigma, sigma_next = float(scheduler.sigmas[step]), float(scheduler.sigmas[step + 1])
             v = (x_next - x) / (sigma_next - sigma)
             return x - sigma * v
-        t = int(scheduler.timesteps[step])
-        prev = t - scheduler.config.num_train_timesteps // scheduler.num_inference_steps
-        a_t = float(scheduler.alphas_cumprod[t])
-        a_prev = float(scheduler.alphas_cumprod[prev]) if prev >= 0 else float(scheduler.final_alpha_cumprod)
+        a_t, a_prev = (float(a[0]) for a in ddim_alpha_pairs(scheduler, scheduler.timesteps[step : step + 1], scheduler.num_inference_steps))
         # x = sqrt(a_t) x0 + sqrt(1-a_t) eps and x_next = sqrt(a_prev) x0 + sqrt(1-a_prev) eps, solved for x0
         denom = a_t**0.5 * (1 - a_prev) ** 0.5 - a_prev**0.5 * (1 - a_t) ** 0.5
         return ((1 - a_prev) ** 0.5 * x - (1 - a_t) ** 0.5 * x_next) / denom
