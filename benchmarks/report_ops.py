@@ -26,7 +26,8 @@ def main() -> None:
     gpus = sorted({b["extra_info"]["gpu"] for b in data["benchmarks"] if b["extra_info"].get("gpu")})
     print(f"machine: {machine.get('cpu', {}).get('brand_raw', machine.get('processor', '?'))}{''.join(', ' + g for g in gpus)}, "
           f"python {machine.get('python_version', '?')}\n")
-    copy_gbs = {case: nbytes / mean / 1e9 for (op, case), by_backend in rows.items() if op == "copy" for mean, nbytes in by_backend.values()}
+    copy_gbs = {case: nbytes / mean / 1e9
+                for (op, case), by_backend in rows.items() if op == "copy" for mean, nbytes in by_backend.values()}
     peak = " | % of peak" if args.peak_gbs else ""
     print(f"| op | case | backend | mean (ms) | GB/s | % of copy{peak} | speed-up vs torch |")
     print("|---|---|---|---:|---:|---:|" + ("---:|" if args.peak_gbs else "") + "---:|")

@@ -20,7 +20,8 @@ CUDA = torch.cuda.is_available()
 TOY = os.environ.get("PROGRPO_FAST_BENCH_TOY") == "1"
 PROMPTS, GROUP, KEEP, GRID = (2, 8, 4, 2) if TOY else (8, 48, 24, 4)
 SIDE = (8, 8) if TOY else (64, 128)  # latent side on CPU, on CUDA
-CASES = [pytest.param("cpu", (PROMPTS * GROUP, 16, SIDE[0], SIDE[0]), torch.float32, id=f"cpu-{PROMPTS}x{GROUP}x16x{SIDE[0]}x{SIDE[0]}-fp32")]
+CASES = [pytest.param("cpu", (PROMPTS * GROUP, 16, SIDE[0], SIDE[0]), torch.float32,
+                      id=f"cpu-{PROMPTS}x{GROUP}x16x{SIDE[0]}x{SIDE[0]}-fp32")]
 if CUDA:
     CASES.append(pytest.param("cuda", (PROMPTS * GROUP, 16, SIDE[1], SIDE[1]), torch.bfloat16,
                               id=f"cuda-{PROMPTS}x{GROUP}x16x{SIDE[1]}x{SIDE[1]}-bf16"))

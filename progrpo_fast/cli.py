@@ -40,7 +40,8 @@ def info() -> dict[str, str]:
 
 def add_config_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("-v", "--verbose", action="store_true", help="also show third-party warnings and model-loading progress bars")
-    parser.add_argument("--config", default=None, help="a preset name (see progrpo_fast/configs) or a YAML file; default: the built-in shapes task")
+    parser.add_argument("--config", default=None,
+                        help="a preset name (see progrpo_fast/configs) or a YAML file; default: the built-in shapes task")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="override a config value, e.g. --set train.lr=1e-4 (repeatable)")
 
@@ -103,7 +104,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="progrpo-fast", description="Pro-GRPO: expand-and-prune GRPO for diffusion/flow models")
     commands = parser.add_subparsers(dest="command", required=True)
     commands.add_parser("info", help="print versions, device and which op backends loaded")
-    commands.add_parser("bench", add_help=False, help="benchmarks against naive GRPO: progrpo-fast bench NAME (progrpo-fast bench -h lists them)")
+    commands.add_parser("bench", add_help=False,
+                        help="benchmarks against naive GRPO: progrpo-fast bench NAME (progrpo-fast bench -h lists them)")
     commands.add_parser("serve-reward", add_help=False, help="serve a reward over HTTP, the tasks' rewards included (serve-reward -h)")
     train = commands.add_parser("train", help="train with (Pro-)GRPO; default: the built-in shapes task")
     add_config_arguments(train)

@@ -23,7 +23,8 @@ def tests_row(results: Path, tag: str) -> list[str]:
     suite = suite.find("testsuite") if suite.tag == "testsuites" else suite
     total, failed = int(suite.get("tests")), int(suite.get("failures")) + int(suite.get("errors"))
     skipped = int(suite.get("skipped"))
-    return ["CUDA tests", f"{total - failed - skipped} passed, {failed} failed, {skipped} skipped", "all pass", "met" if failed == 0 else "NOT MET"]
+    return ["CUDA tests", f"{total - failed - skipped} passed, {failed} failed, {skipped} skipped", "all pass",
+            "met" if failed == 0 else "NOT MET"]
 
 
 def copy_share(ops: dict | None, op: str) -> tuple[float, str] | None:
@@ -57,18 +58,22 @@ def main() -> None:
     shapes, big = by_model.get("shapes"), by_model.get("sd35m")
     speedup = shapes and shapes.get("graph_speedup")
     speedup = speedup if isinstance(speedup, float) else None
-    rows.append(["graph vs eager sampling, shapes model", "-" if speedup is None else f"{speedup:.2f}x", ">= 1.5x", verdict(speedup, lambda s: s >= 1.5)])
+    rows.append(["graph vs eager sampling, shapes model", "-" if speedup is None else f"{speedup:.2f}x", ">= 1.5x",
+                 verdict(speedup, lambda s: s >= 1.5)])
     share = big and big.get("prune_fraction")
     rows.append(["pruning share of a sampling call, SD3.5-M, latent proxy", "-" if share is None else f"{share:.2%}", "<= 1%",
                  verdict(share, lambda s: s <= 0.01)])
     ratio = big and big.get("speedup_over_ideal")
     rows.append(["sampling speed-up / ideal trajectory-step ratio, SD3.5-M", "-" if ratio is None else
-                 f"{ratio:.3f} ({big['pruned_speedup']:.2f}x of {big['ideal_speedup']:.2f}x)", ">= 0.95", verdict(ratio, lambda r: r >= 0.95)])
+                 f"{ratio:.3f} ({big['pruned_speedup']:.2f}x of {big['ideal_speedup']:.2f}x)", ">= 0.95",
+                 verdict(ratio, lambda r: r >= 0.95)])
     timed = (throughput or {}).get("rows", [])
-    naive = next((row["method"] for row in timed if row["time_vs_first_naive"] == 1.0 and row["proxy"] is None and not row["static_ovf"]), None)
+    naive = next((row["method"] for row in timed
+                  if row["time_vs_first_naive"] == 1.0 and row["proxy"] is None and not row["static_ovf"]), None)
     for row in timed:
         if row["method"] != naive:
-            rows.append([f"iteration time {row['method']} / {naive}", f"{row['time_vs_first_naive']:.3f} ({row['time_vs_first_naive_range']})",
+            rows.append([f"iteration time {row['method']} / {naive}",
+                         f"{row['time_vs_first_naive']:.3f} ({row['time_vs_first_naive_range']})",
                          "<= 0.74 (reward proxy)" if row["method"] == "pro-grpo-reward" else "-",
                          verdict(row["time_vs_first_naive"], lambda r: r <= 0.74) if row["method"] == "pro-grpo-reward" else "-"])
     if throughput is not None:  # the throughput table as Markdown beside its JSON

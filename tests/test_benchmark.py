@@ -6,7 +6,8 @@ import json
 import pytest
 import torch
 
-from progrpo_fast.bench import BENCHMARKS, clustering, main as bench_main, reward, results, selection, snr, throughput
+from progrpo_fast.bench import BENCHMARKS, clustering, results, reward, selection, snr, throughput
+from progrpo_fast.bench import main as bench_main
 from progrpo_fast.bench.cost_model import UnitCosts, iteration_counts, measure_units, predict
 from progrpo_fast.bench.methods import Method, paired_methods, select_methods
 from progrpo_fast.models.sd3 import SD3Denoiser
@@ -75,7 +76,8 @@ def test_flop_units_are_per_row_and_training_costs_forward_plus_backward(tmp_pat
 
 
 def test_interleaved_throughput_rounds_on_the_built_in_model():
-    methods = [Method("naive", "4@8"), Method("static", "4:3=2,5=1@8", static_ovf=True), Method("pro-reward", "4:3=2,5=1@8", proxy="reward")]
+    methods = [Method("naive", "4@8"), Method("static", "4:3=2,5=1@8", static_ovf=True),
+               Method("pro-reward", "4:3=2,5=1@8", proxy="reward")]
     rows = throughput.throughput(None, methods, rounds=2, overrides=SMALL, progress=False)
     assert [r["method"] for r in rows] == [m.name for m in methods]
     for method, row in zip(methods, rows):
@@ -152,7 +154,8 @@ def test_sd35_medium_sized_random_model_for_gpu_throughput(tmp_path):
     assert sum(p.numel() for p in pipe.transformer.parameters()) == pytest.approx(2.243e9, rel=1e-3)
     assert len(pipe.transformer.transformer_blocks) == 24 and pipe.transformer.config.dual_attention_layers == tuple(range(13))
     assert pipe.vae.config.latent_channels == 16 and pipe.vae_scale_factor == 8 and pipe.tokenizer.model_max_length == 77
-    config = load_config("sd35m_pickscore", ["model.kind=sd35m_random", "reward.weights={jpeg_compressibility: 1.0}", "prompts.source=shapes"])
+    config = load_config("sd35m_pickscore",
+                         ["model.kind=sd35m_random", "reward.weights={jpeg_compressibility: 1.0}", "prompts.source=shapes"])
     assert config.model.path is None and config.model.resolution == 512
     with pytest.raises(ValueError, match="takes no model.path"):
         load_config(None, ["model.kind=sd35m_random", f"model.path={tmp_path}"])
@@ -274,7 +277,8 @@ def test_clustering_summary_counts_small_advantages_and_pairs_seeds():
     summary = {r["method"]: r for r in clustering.summarize(rows, "naive-16", draws=200)}
     assert summary["naive-16"]["abs_adv_below_half_start"] == 0.5 and summary["naive-16"]["abs_adv_below_half_end"] == 0.75
     static = summary["static-ovf"]
-    assert static["after_minus_naive"] == pytest.approx(0.1) and static["per_seed_after_minus_naive"] == [pytest.approx(0.05), pytest.approx(0.15)]
+    assert static["after_minus_naive"] == pytest.approx(0.1)
+    assert static["per_seed_after_minus_naive"] == [pytest.approx(0.05), pytest.approx(0.15)]
     assert static["after_minus_naive_ci_low"] >= 0.05 - 1e-9 and static["abs_adv_below_half_end"] == 0.5
     naive, static_method = clustering.clustering_methods("16:3=8,5=4@8")
     assert (naive.name, static_method.name, static_method.static_ovf) == ("naive-16", "static-ovf", True)
@@ -283,7 +287,8 @@ def test_clustering_summary_counts_small_advantages_and_pairs_seeds():
 def test_results_files_table_and_plots(tmp_path):
     rows = [{"method": m, "schedule": "4@8", "trajectory_steps": 32, "network_evaluations": 64, "tflops_total": 1.5,
              **{f"measured_s_{p}": 0.5 for p in throughput.PHASES}, "measured_s_total": 2.0, "measured_s_total_min": 1.9,
-             "measured_s_total_max": 2.1, "time_vs_first_naive": 1.0, "predicted_s_total": 2.2, "measured_over_predicted": 2.0 / 2.2} for m in ("a", "b")]
+             "measured_s_total_max": 2.1, "time_vs_first_naive": 1.0, "predicted_s_total": 2.2, "measured_over_predicted": 2.0 / 2.2}
+            for m in ("a", "b")]
     path = results.write_results(tmp_path, "throughput_test", rows, "progrpo-fast bench throughput")
     payload = json.loads(path.read_text())
     assert payload["rows"] == rows and payload["command"].startswith("progrpo-fast bench") and "torch" in payload["machine"]
@@ -383,4 +388,5 @@ def test_results_added_by_two_processes_under_the_lock_are_all_kept(tmp_path):
 
 def _add_rows(path, name):
     for seed in range(20):
-        results.add_to_results(path, {"setup": 1}, {"rows": []}, "test", lambda payload: payload["rows"].append({"method": name, "seed": seed}))
+        results.add_to_results(path, {"setup": 1}, {"rows": []}, "test",
+                               lambda payload, seed=seed: payload["rows"].append({"method": name, "seed": seed}))

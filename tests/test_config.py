@@ -135,7 +135,8 @@ def test_out_of_range_values(override, message):
     (["sampler.method=cps", "sampler.eta=1.5"], r"'sampler\.eta' must be <= 1 with method 'cps'"),
     (["sampler.noise_steps=[4]"], r"'sampler\.noise_steps' must be null or a non-empty list of steps in \[0, 4\)"),
     (["sampler.noise_steps=[]"], r"'sampler\.noise_steps' must be null or a non-empty list"),
-    (["sampler.schedule=16:3=8@8", "sampler.trajectory_id_stride=8"], r"'sampler\.trajectory_id_stride' must be null or >= the schedule's G_max = 16"),
+    (["sampler.schedule=16:3=8@8", "sampler.trajectory_id_stride=8"],
+     r"'sampler\.trajectory_id_stride' must be null or >= the schedule's G_max = 16"),
 ])
 def test_bad_schedules_and_sampler_settings(overrides, message):
     with raises(message):
@@ -176,7 +177,8 @@ def test_malformed_overrides():
 
 def test_missing_model_path_says_how_to_fix_it(tmp_path):
     config = apply_overrides(Config(), ["model.kind=sd3"])
-    with raises(r"'model\.path' is required for model\.kind='sd3': set it to a local diffusers folder, e\.g\. model\.path=.*huggingface-cli download stabilityai/stable-diffusion-3\.5-medium"):
+    with raises(r"'model\.path' is required for model\.kind='sd3': set it to a local diffusers folder, e\.g\. model\.path=.*"
+                r"huggingface-cli download stabilityai/stable-diffusion-3\.5-medium"):
         config.validate()
     with raises(r"'model\.path': '.*nowhere' is not a directory"):
         apply_overrides(config, [f"model.path={tmp_path / 'nowhere'}"]).validate()
@@ -258,7 +260,8 @@ def test_preset_contents():
     assert load_config("shapes_naive", [], check_paths=False).sampler.schedule == "8@5"
     shapes = load_config("shapes", [])
     assert shapes == load_config(None, []), "the shapes preset spells out the built-in defaults"
-    assert (shapes.sampler.noise_steps, shapes.train.timestep_fraction, shapes.prompts.pool, shapes.model.guidance_scale) == ([0, 1], 1.0, 512, 1.0)
+    assert (shapes.sampler.noise_steps, shapes.train.timestep_fraction, shapes.prompts.pool,
+            shapes.model.guidance_scale) == ([0, 1], 1.0, 512, 1.0)
     assert flow.sampler.noise_steps is None and sd14.sampler.noise_steps is None, "the paper's presets add noise at every step"
 
 

@@ -22,7 +22,8 @@ class Blocks(torch.nn.Module):
 
 
 def checkpoint(rows, step=2, seed=0):
-    return Checkpoint(step, torch.zeros(rows, 4, 2, 2), ["p"], torch.zeros(rows, dtype=torch.int64), torch.arange(rows), GROUP, KEEP, seed, None)
+    return Checkpoint(step, torch.zeros(rows, 4, 2, 2), ["p"], torch.zeros(rows, dtype=torch.int64), torch.arange(rows), GROUP, KEEP,
+                      seed, None)
 
 
 def observe(proxy, ckpt, selection, rewards):

@@ -62,7 +62,8 @@ signature = {"out_ptr": "*fp32", "traj_ptr": "*i64", "seed_ptr": "*i64", "step":
 source = ASTSource(fn=module._keyed_noise_kernel, signature=signature, constexprs={"BLOCK": 1024})
 for fusion in (False, True):
     ptx = triton.compile(source, target=GPUTarget("cuda", 90, 32), options={"enable_fp_fusion": fusion}).asm["ptx"]
-    print(fusion, ptx.count("fma.rn.f32"), ptx.count("div.rn.f32"), ptx.count("sqrt.rn.f32"), ptx.count("mul.f32") + ptx.count("add.f32"), ptx.count(".approx"))
+    print(fusion, ptx.count("fma.rn.f32"), ptx.count("div.rn.f32"), ptx.count("sqrt.rn.f32"),
+          ptx.count("mul.f32") + ptx.count("add.f32"), ptx.count(".approx"))
 """
 
 

@@ -7,19 +7,10 @@ import pytest
 import torch
 
 from progrpo_fast import ops
-from progrpo_fast.ops import backends
-from progrpo_fast.ops import reference
+from progrpo_fast.ops import backends, reference
 
 DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
 TOL = {torch.float32: 1e-5, torch.float16: 2e-3, torch.bfloat16: 1e-2}
-
-
-@pytest.fixture(params=backends.NAMES)
-def backend(request):
-    ok, why = backends.usable(request.param, DEVICE)
-    if not ok:
-        pytest.skip(why)
-    return request.param
 
 
 def total_variance(features: torch.Tensor) -> float:

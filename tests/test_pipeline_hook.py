@@ -1,11 +1,11 @@
 """Pruning inside the stock diffusers pipelines equals the engine's own sampler."""
 import pytest
 import torch
-
-from progrpo_fast.sampling import PruneSchedule
-from progrpo_fast.models.pipeline_hook import PruneCallback
-from progrpo_fast.sampling.sampler import ExpandPruneSampler
 from test_adapters import ADAPTERS, PROMPTS, build
+
+from progrpo_fast.models.pipeline_hook import PruneCallback
+from progrpo_fast.sampling import PruneSchedule
+from progrpo_fast.sampling.sampler import ExpandPruneSampler
 
 SCHEDULE = "4:2=3,3=2@5"
 

@@ -4,10 +4,10 @@ import pytest
 import torch
 from adapter_checks import check_from_pretrained, check_pruned_sampling
 
+from progrpo_fast.models.pipeline_hook import PruneCallback
 from progrpo_fast.models.qwen_image import QwenImageDenoiser
 from progrpo_fast.models.tiny import tiny_qwen_image_pipeline
 from progrpo_fast.sampling import PruneSchedule
-from progrpo_fast.models.pipeline_hook import PruneCallback
 from progrpo_fast.sampling.sampler import ExpandPruneSampler
 
 PROMPTS = ["a red circle", "two blue squares left of a green triangle"]  # different lengths: padded, with a mask
@@ -89,7 +89,8 @@ def test_stock_pipeline_prunes_like_the_sampler():
     noise = ExpandPruneSampler(model, PruneSchedule.naive(4, 5), method="ode").sample(PROMPTS, seed=1).latents[:, 0]
     hook = PruneCallback(pipe, schedule)
     rows = [p for p in PROMPTS for _ in range(4)]
-    out = pipe(prompt=rows, negative_prompt=[" "] * len(rows), true_cfg_scale=model.guidance_scale, latents=pipe._pack_latents(noise, *noise.shape), height=32, width=32, num_inference_steps=5, max_sequence_length=64,
+    out = pipe(prompt=rows, negative_prompt=[" "] * len(rows), true_cfg_scale=model.guidance_scale,
+               latents=pipe._pack_latents(noise, *noise.shape), height=32, width=32, num_inference_steps=5, max_sequence_length=64,
                output_type="latent", callback_on_step_end=hook, callback_on_step_end_tensor_inputs=hook.tensor_inputs).images
     assert hook.tensor_inputs == ["latents", "prompt_embeds"] and out.shape[0] == 4
     assert torch.equal(hook.kept, ours.trajectory_ids)

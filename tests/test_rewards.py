@@ -188,10 +188,11 @@ MODEL_CASES = {
     "pickscore": lambda m: build_reward("pickscore", path=m["root"] / "clip"),
     "aesthetic": lambda m: build_reward("aesthetic", path=m["root"] / "aesthetic"),
     "hpsv2": lambda m: build_reward("hpsv2", path=m["root"] / "hps"),
-    "hpsv2_open_clip_pt": lambda m: build_reward("hpsv2", path=m["root"] / "hps_pt" / "HPS_v2.1_compressed.pt", vision_heads=4, text_heads=4),
+    "hpsv2_open_clip_pt": lambda m: build_reward("hpsv2", path=m["root"] / "hps_pt" / "HPS_v2.1_compressed.pt",
+                                                 vision_heads=4, text_heads=4),
     "imagereward": lambda m: build_reward("imagereward", path=m["root"] / "imagereward"),
-    "imagereward_public_pt": lambda m: build_reward("imagereward", path=m["root"] / "ImageReward.pt", tokenizer_path=m["root"] / "bert_plain",
-                                                    vision_heads=4, text_heads=4),
+    "imagereward_public_pt": lambda m: build_reward("imagereward", path=m["root"] / "ImageReward.pt",
+                                                    tokenizer_path=m["root"] / "bert_plain", vision_heads=4, text_heads=4),
 }
 
 
@@ -339,7 +340,8 @@ def test_shapes_reward_wraps_the_task_scorer():
     (torch.rand(2, 3, 8, 8), "ab", "list of strings"),
 ])
 def test_bad_inputs_raise_clear_errors(loaded, bad, prompts, match):
-    for reward in (JpegCompressibility(), build_reward("shapes"), loaded["clipscore"], WeightedReward({"j": 1.0}, {"j": JpegCompressibility()})):
+    for reward in (JpegCompressibility(), build_reward("shapes"), loaded["clipscore"],
+                   WeightedReward({"j": 1.0}, {"j": JpegCompressibility()})):
         with pytest.raises(ValueError, match=match):
             reward(bad, prompts)
 

@@ -25,7 +25,8 @@ needs_diffusers = pytest.mark.skipif(DDIMScheduler is None, reason="needs diffus
 
 
 def sd14_ddim(**overrides) -> DDIMScheduler:
-    config = dict(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", clip_sample=False, set_alpha_to_one=False, steps_offset=1)
+    config = dict(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", clip_sample=False, set_alpha_to_one=False,
+                  steps_offset=1)
     config.update(overrides)
     return DDIMScheduler(**config)
 
@@ -317,7 +318,8 @@ def test_keyed_noise_depends_on_every_key_part():
     ids = torch.arange(4)
     base = keyed_noise(1, ids, 0, (4, 256))
     assert torch.equal(base, keyed_noise(1, ids, 0, (4, 256)))
-    for other in [keyed_noise(2, ids, 0, (4, 256)), keyed_noise(1, ids, 1, (4, 256)), keyed_noise(1, ids + 4, 0, (4, 256)), keyed_noise(1, ids + 2**32, 0, (4, 256))]:
+    for other in [keyed_noise(2, ids, 0, (4, 256)), keyed_noise(1, ids, 1, (4, 256)), keyed_noise(1, ids + 4, 0, (4, 256)),
+                  keyed_noise(1, ids + 2**32, 0, (4, 256))]:
         assert not torch.isclose(base, other).any()
     # rows with different ids are not copies of one another
     assert not torch.isclose(base[0], base[1]).any()

@@ -51,7 +51,8 @@ class DataDependentOps(TorchFunctionMode):
     def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
         if self.enabled and data_dependent(func, args, kwargs):
-            raise AssertionError(f"{getattr(func, '__qualname__', func)} inside a sampling call (its output shape needs a host sync on CUDA)")
+            raise AssertionError(f"{getattr(func, '__qualname__', func)} inside a sampling call "
+                                 "(its output shape needs a host sync on CUDA)")
         return func(*args, **kwargs)
 
 
@@ -112,7 +113,8 @@ def test_guard_catches_conversions_and_data_dependent_ops():
     x = torch.arange(4.0)
     for call, what in ((lambda: x[0].item(), "Tensor.item"), (lambda: bool(x.sum()), "Tensor.__bool__"), (lambda: x[x > 1], "__getitem__"),
                        (lambda: torch.nonzero(x), "nonzero"), (lambda: x.masked_select(x > 1), "masked_select"),
-                       (lambda: torch.where(x > 1), "where"), (lambda: x.repeat_interleave(torch.tensor([1, 2, 0, 1])), "repeat_interleave")):
+                       (lambda: torch.where(x > 1), "where"),
+                       (lambda: x.repeat_interleave(torch.tensor([1, 2, 0, 1])), "repeat_interleave")):
         with guard.active(), pytest.raises(AssertionError, match=what):
             call()
     with guard.active():

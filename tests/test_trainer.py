@@ -110,7 +110,8 @@ def test_logprob_drift_is_logged_and_recomputing_the_old_logprobs_removes_it(tmp
     metrics = plain.train_iteration()
     assert 1e-3 - 1e-4 < metrics["logprob_drift_mean"] <= metrics["logprob_drift_max"] < 1e-3 + (1e-4 if precision == "no" else 1e-2)
     assert metrics["first_ratio_abs_error"] == pytest.approx(abs(torch.expm1(torch.tensor(-metrics["logprob_drift_max"])).item()), rel=0.05)
-    fixed = Trainer(config(tmp_path, f"train.mixed_precision={precision}", "train.recompute_old_logprobs=true"), model(), Brightness(), prompts)
+    fixed = Trainer(config(tmp_path, f"train.mixed_precision={precision}", "train.recompute_old_logprobs=true"), model(), Brightness(),
+                    prompts)
     shifted_sampler(fixed, 1e-3)
     metrics = fixed.train_iteration()
     assert metrics["logprob_drift_max"] == 0.0 and metrics["first_ratio_abs_error"] == 0.0
@@ -163,7 +164,8 @@ def test_before_after_grid_is_labelled_and_shows_at_most_max_samples_per_prompt(
     path = save_before_after(evaluation(0.0), evaluation(1.0), tmp_path / "grid.png", (0, 7), max_prompts=2, max_samples=4)
     grid = Image.open(path).convert("RGB")
     assert grid.size == (2 * 4 * 128 + 32, 22 + 2 * (18 + 128))  # 4 before | gap | 4 after, enlarged 4x, under a header and captions
-    before_tile, after_tile = grid.crop((40, 22 + 18 + 40, 100, 22 + 18 + 100)), grid.crop((4 * 128 + 72, 22 + 18 + 40, 4 * 128 + 132, 22 + 18 + 100))
+    before_tile, after_tile = (grid.crop((40, 22 + 18 + 40, 100, 22 + 18 + 100)),
+                               grid.crop((4 * 128 + 72, 22 + 18 + 40, 4 * 128 + 132, 22 + 18 + 100)))
     assert before_tile.getextrema() == ((0, 0),) * 3 and after_tile.getextrema() == ((255, 255),) * 3  # images away from the labels
     caption_band, header = grid.crop((0, 22, 200, 22 + 18)), grid.crop((0, 0, 300, 22))
     assert caption_band.getextrema()[0][0] < 128 and header.getextrema()[0][0] < 128  # dark text on white
@@ -216,8 +218,8 @@ def test_grpo_moves_a_simple_reward_in_the_rewarded_direction(tmp_path, sign):
         def components(self, images, prompts):
             return {"r": sign * images.mean((1, 2, 3))}
 
-    cfg = config(tmp_path, "sampler.schedule=8@4", "sampler.prompts_per_iteration=4", "train.minibatch_rows=32", "train.lr=3e-3", "train.lora_alpha=64",
-                 "train.beta_kl=0", "train.timestep_fraction=1.0", "log.eval_prompts=0")
+    cfg = config(tmp_path, "sampler.schedule=8@4", "sampler.prompts_per_iteration=4", "train.minibatch_rows=32", "train.lr=3e-3",
+                 "train.lora_alpha=64", "train.beta_kl=0", "train.timestep_fraction=1.0", "log.eval_prompts=0")
     trainer = Trainer(cfg, model(), Signed(), lambda it, rank, n: ["a red circle"] * n)
     brightness = [sign * trainer.train_iteration()["reward_mean"] for _ in range(30)]
     change = sum(brightness[-5:]) / 5 - sum(brightness[:5]) / 5
@@ -236,7 +238,7 @@ def test_resume_reproduces_the_uninterrupted_run(tmp_path):
     logs = [(tmp_path / d / "log.jsonl").read_text().splitlines() for d in ("full", "split")]
     assert len(logs[1]) == 3
     assert all('"logprob_drift_mean"' in line and '"logprob_drift_max"' in line for line in logs[0] + logs[1])
-    assert [l.split('"sample_s"')[0] for l in logs[0]] == [l.split('"sample_s"')[0] for l in logs[1]]
+    assert [line.split('"sample_s"')[0] for line in logs[0]] == [line.split('"sample_s"')[0] for line in logs[1]]
 
 
 def test_a_corrupted_newest_checkpoint_falls_back_to_the_previous(tmp_path):

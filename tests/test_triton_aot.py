@@ -19,4 +19,5 @@ def test_every_kernel_launch_compiles_for_sm90():
     assert done.returncode == 0, done.stderr[-4000:]
     report = json.loads(done.stdout.strip().splitlines()[-1])
     assert not report["failures"], "\n".join(report["failures"])
-    assert report["compiled"] == report["defined"], f"kernels never launched by the check: {set(report['defined']) - set(report['compiled'])}"
+    assert report["compiled"] == report["defined"], (
+        f"kernels never launched by the check: {set(report['defined']) - set(report['compiled'])}")

@@ -130,7 +130,8 @@ def brute_force_ovf(values: torch.Tensor, k: int) -> float:
 # ----------------------------------------------------------------------------- pool_latents
 
 
-POOL_CASES = [((2, 3, 7, 7), (1, 2, 3, 7)), ((3, 2, 9, 9), (2, 4, 5)), ((1, 2, 16, 16), (4, 5, 16)), ((1, 2, 9, 13), (3, 4)), ((2, 1, 5, 40), (2, 3))]
+POOL_CASES = [((2, 3, 7, 7), (1, 2, 3, 7)), ((3, 2, 9, 9), (2, 4, 5)), ((1, 2, 16, 16), (4, 5, 16)), ((1, 2, 9, 13), (3, 4)),
+              ((2, 1, 5, 40), (2, 3))]
 
 
 @pytest.mark.parametrize(
@@ -173,7 +174,8 @@ def test_group_variance(shape, group, dtype):
 
 
 @pytest.mark.parametrize("dtype", FLOATS + [torch.float64])
-@pytest.mark.parametrize("n, ks", [(2, (1, 2)), (3, (1, 2, 3)), (5, (1, 2, 4, 5)), (16, (1, 3, 8, 16)), (48, (1, 12, 24, 47)), (64, (1, 32, 64)), (100, (7, 50))])
+@pytest.mark.parametrize("n, ks", [(2, (1, 2)), (3, (1, 2, 3)), (5, (1, 2, 4, 5)), (16, (1, 3, 8, 16)), (48, (1, 12, 24, 47)),
+                                   (64, (1, 32, 64)), (100, (7, 50))])
 def test_ovf_select(n, ks, dtype):
     scores = randn(4, n, seed=n, dtype=dtype)
     for k in ks:
@@ -216,7 +218,8 @@ def integer_features(p: int, n: int, d: int, seed: int) -> torch.Tensor:
 
 @pytest.mark.parametrize(
     "n, d, ks",
-    [(2, 3, (1, 2)), (3, 2, (1, 2, 3)), (5, 7, (1, 2, 3, 5)), (16, 33, (1, 2, 8, 15, 16)), (48, 16, (1, 12, 24)), (64, 100, (2, 32, 64)), (37, 5, (9,))],
+    [(2, 3, (1, 2)), (3, 2, (1, 2, 3)), (5, 7, (1, 2, 3, 5)), (16, 33, (1, 2, 8, 15, 16)), (48, 16, (1, 12, 24)), (64, 100, (2, 32, 64)),
+     (37, 5, (9,))],
 )
 def test_variance_select(n, d, ks):
     features = randn(3, n, d, seed=n * 100 + d)
@@ -306,7 +309,8 @@ def test_prune_select_latents(shape, group, ks, grid, dtype):
 
 
 @pytest.mark.parametrize("dtype", FLOATS)
-@pytest.mark.parametrize("shape, group, ks", [((12,), 3, (1, 2, 3)), ((48,), 16, (4, 8)), ((96,), 48, (1, 24, 48)), ((20, 1), 5, (2,)), ((12, 6), 4, (1, 2, 4)), ((96, 17), 48, (12, 24)), ((3, 4), 1, (1,))])
+@pytest.mark.parametrize("shape, group, ks", [((12,), 3, (1, 2, 3)), ((48,), 16, (4, 8)), ((96,), 48, (1, 24, 48)), ((20, 1), 5, (2,)),
+                                              ((12, 6), 4, (1, 2, 4)), ((96, 17), 48, (12, 24)), ((3, 4), 1, (1,))])
 def test_prune_select_features(shape, group, ks, dtype):
     x = randn(*shape, seed=sum(shape) + 1, dtype=dtype)
     for k in ks:
@@ -410,7 +414,8 @@ def test_public_ops_dispatch_to_triton():
 
 
 def test_exports():
-    assert sorted(K.__all__) == sorted(["pool_latents", "group_variance", "keyed_noise", "ovf_select", "variance_select", "prune_select", "compact_"])
+    assert sorted(K.__all__) == sorted(["pool_latents", "group_variance", "keyed_noise", "ovf_select", "variance_select", "prune_select",
+                                        "compact_"])
 
 
 # ----------------------------------------------------------------------------- GPU only

@@ -5,7 +5,6 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
-from test_ops import backend  # noqa: F401  (the fixture: every usable backend)
 
 from progrpo_fast import ops
 from progrpo_fast.ops import reference

@@ -79,7 +79,8 @@ def test_weighted_reward_mixes_video_and_per_frame_rewards():
                                "mean_red": FrameReward(MeanRed(), 2)})
     parts = weighted.components(videos, captions)
     assert set(parts) == {"moving_shapes", "temporal_consistency", "mean_red"} and all(v.shape == (4,) for v in parts.values())
-    torch.testing.assert_close(weighted(videos, captions), parts["moving_shapes"] + 0.1 * parts["temporal_consistency"] + 0.5 * parts["mean_red"])
+    torch.testing.assert_close(weighted(videos, captions),
+                               parts["moving_shapes"] + 0.1 * parts["temporal_consistency"] + 0.5 * parts["mean_red"])
 
 
 def test_captions_round_trip_and_bad_captions_are_refused():

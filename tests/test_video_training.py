@@ -3,7 +3,6 @@ reward proxy on decoded videos, the moving-shape video reward plus temporal cons
 update, evaluation before and after."""
 import math
 
-
 from progrpo_fast.models.tiny import tiny_wan_pipeline
 from progrpo_fast.models.wan import WanDenoiser
 from progrpo_fast.train.build import build_reward

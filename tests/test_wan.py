@@ -5,10 +5,10 @@ import torch
 from adapter_checks import check_from_pretrained, check_pruned_sampling
 from diffusers import UniPCMultistepScheduler
 
+from progrpo_fast.models.pipeline_hook import PruneCallback
 from progrpo_fast.models.tiny import tiny_wan_pipeline
 from progrpo_fast.models.wan import WanDenoiser
 from progrpo_fast.sampling import PruneSchedule
-from progrpo_fast.models.pipeline_hook import PruneCallback
 from progrpo_fast.sampling.sampler import ExpandPruneSampler
 
 PROMPTS = ["a red circle", "two blue squares left of a green triangle"]

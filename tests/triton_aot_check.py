@@ -79,7 +79,8 @@ def main() -> None:
             triton.compile(ASTSource(fn=fn, signature=signature, constexprs=constexprs), target=GPUTarget("cuda", 90, 32), options=options)
         except Exception as err:  # a compile error of any kind is a finding
             failures.append(f"{fn.__name__} {constexprs} {options}: {type(err).__name__}: {str(err)[-1500:]}")
-    print(json.dumps({"compiled": sorted({key[0] for key in seen}), "defined": sorted(defined), "launches": len(seen), "failures": failures}))
+    print(json.dumps({"compiled": sorted({key[0] for key in seen}), "defined": sorted(defined), "launches": len(seen),
+                      "failures": failures}))
 
 
 if __name__ == "__main__":

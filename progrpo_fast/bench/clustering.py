@@ -63,7 +63,7 @@ def summarize(rows: list[dict], naive: str, draws: int = 10000) -> list[dict]:
             continue
         own = [by[(name, s)] for s in seeds]
 
-        def difference(chosen):
+        def difference(chosen, name=name):
             return sum(by[(name, s)]["eval_after"] - by[(naive, s)]["eval_after"] for s in chosen) / len(chosen)
 
         low, high = bootstrap_ci(difference, seeds, draws)

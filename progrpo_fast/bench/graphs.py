@@ -90,9 +90,9 @@ def measure(name: str, calls: int, device: torch.device, dtype: torch.dtype, sch
     prompts = [f"a red circle {i}" for i in range(num_prompts)]
     graphs = device.type == "cuda"
     eager_s, _, eager_rollouts = time_calls(ExpandPruneSampler(model, pruned, LatentProxy()), prompts, calls)
-    row = {"model": name, "description": description, "parameters": parameters, "device": str(device), "dtype": str(dtype).replace("torch.", ""),
-           "schedule": schedule, "prompts": num_prompts, "calls": calls, "eager_s": statistics.median(eager_s),
-           "eager_min_s": min(eager_s), "eager_max_s": max(eager_s),
+    row = {"model": name, "description": description, "parameters": parameters, "device": str(device),
+           "dtype": str(dtype).replace("torch.", ""), "schedule": schedule, "prompts": num_prompts, "calls": calls,
+           "eager_s": statistics.median(eager_s), "eager_min_s": min(eager_s), "eager_max_s": max(eager_s),
            "prune_fraction": statistics.median(r.proxy_seconds for r in eager_rollouts) / statistics.median(eager_s)}
     best = row["eager_s"]
     if graphs:

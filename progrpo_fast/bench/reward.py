@@ -23,7 +23,17 @@ import torch
 
 from progrpo_fast.bench.cost_model import flops_per_iteration
 from progrpo_fast.bench.methods import Method, build_trainer, method_config, paired_methods, select_methods
-from progrpo_fast.bench.results import add_to_results, load_results, locked, markdown_table, pyplot, save_figure, save_results, seed_range, write_results
+from progrpo_fast.bench.results import (
+    add_to_results,
+    load_results,
+    locked,
+    markdown_table,
+    pyplot,
+    save_figure,
+    save_results,
+    seed_range,
+    write_results,
+)
 
 DESCRIPTION = "reward per compute, paired seeds, resumable (bootstrap CIs of the final difference and the compute to reach)"
 SUMMARY_COLUMNS = {"method": "method", "seeds": "paired seeds", "reward_start": "reward at 0", "reward_final": "final (seed mean)",
@@ -88,7 +98,8 @@ def reward_per_compute(base: str | None, methods: list[Method], seeds: list[int]
     per_iteration = dict(load_results(path, setup, empty)["flops_per_iteration"])
     for method in methods:
         if method.name not in per_iteration:
-            per_iteration[method.name] = flops_per_iteration(build_trainer(method_config(base, method, [*overrides, "log.eval_prompts=0"])), method)
+            per_iteration[method.name] = flops_per_iteration(
+                build_trainer(method_config(base, method, [*overrides, "log.eval_prompts=0"])), method)
     payload = add_to_results(path, setup, empty, command, lambda payload: payload["flops_per_iteration"].update(per_iteration))
     budget = budget_iterations * per_iteration[methods[0].name]
     for seed in seeds:  # seed-major: an interrupted table holds whole pairs
@@ -96,11 +107,14 @@ def reward_per_compute(base: str | None, methods: list[Method], seeds: list[int]
             if (only is not None and method.name not in only) or (method.name, seed) in finished(load_results(path, setup, empty)):
                 continue
             iterations = max(1, round(budget / per_iteration[method.name]))
-            print(f"[bench reward] {method.name} seed {seed}: {iterations} iterations ({per_iteration[method.name] / 1e12:.4f} TFLOPs each)", flush=True)
+            print(f"[bench reward] {method.name} seed {seed}: {iterations} iterations "
+                  f"({per_iteration[method.name] / 1e12:.4f} TFLOPs each)", flush=True)
             points = train_curve(base, method, seed, iterations, evaluations, overrides)
-            rows = [{"method": method.name, "seed": seed, **p, "tflops": p["iteration"] * per_iteration[method.name] / 1e12} for p in points]
+            rows = [{"method": method.name, "seed": seed, **p, "tflops": p["iteration"] * per_iteration[method.name] / 1e12}
+                    for p in points]
             payload = add_to_results(path, setup, empty, command,
-                                     lambda payload: None if (method.name, seed) in finished(payload) else payload["rows"].extend(rows))
+                                     lambda payload, method=method, seed=seed, rows=rows:
+                                     None if (method.name, seed) in finished(payload) else payload["rows"].extend(rows))
     return payload["rows"]
 
 
@@ -152,10 +166,10 @@ def summarize(rows: list[dict], methods: list[str], draws: int = 10000) -> list[
         if not seeds:
             continue
 
-        def difference(chosen):
+        def difference(chosen, own=own):
             return sum(own[s][-1][1] - reference[s][-1][1] for s in chosen) / len(chosen)
 
-        def fraction(chosen):
+        def fraction(chosen, own=own):
             ref = mean_curve([reference[s] for s in chosen])
             reach = compute_to_reach(mean_curve([own[s] for s in chosen]), ref[-1][1])
             return math.inf if reach is None else reach / ref[-1][0]

@@ -86,7 +86,8 @@ def selection_quality(base: str | None, methods: list[Method], batches: int, pro
                      "std_random": rand, "std_all": mean(entry["all"]), "kept_over_oracle": kept / oracle if oracle else float("nan"),
                      "random_over_oracle": rand / oracle if oracle else float("nan"),
                      "kept_minus_random": float(margin.mean()), "kept_minus_random_se": margin_se,
-                     "kept_minus_random_ci": f"[{float(margin.mean()) - 1.96 * margin_se:+.3f}, {float(margin.mean()) + 1.96 * margin_se:+.3f}]",
+                     "kept_minus_random_ci": f"[{float(margin.mean()) - 1.96 * margin_se:+.3f}, "
+                                             f"{float(margin.mean()) + 1.96 * margin_se:+.3f}]",
                      "proxy_ms_per_call": 1000 * mean(seconds[name])})
     return rows
 

@@ -41,7 +41,8 @@ def gradient_snr(trainer, batches: int) -> list[dict]:
         per_step = []
         for t in steps:
             trainer.optimizer.zero_grad(set_to_none=True)
-            trainer.step_objective(t, rollout.latents[:, t], rollout.latents[:, t + 1], rollout.log_probs[:, t], advantages, rollout.cond)[0].backward()
+            trainer.step_objective(t, rollout.latents[:, t], rollout.latents[:, t + 1], rollout.log_probs[:, t], advantages,
+                                   rollout.cond)[0].backward()
             per_step.append(torch.cat([p.grad.detach().flatten().double() for p in trainer.parameters]))
         for key, g in [*zip(steps, per_step), ("all", sum(per_step))]:
             sums[key][0] = sums[key][0] + g

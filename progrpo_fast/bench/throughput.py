@@ -132,7 +132,8 @@ def plot_throughput(rows: list[dict], path: Path) -> Path:
         ax.barh(names, values, left=bottom, label=phase)
         bottom = [b + v for b, v in zip(bottom, values)]
     medians = [r["measured_s_total"] for r in rows]
-    spread = [[m - r["measured_s_total_min"] for m, r in zip(medians, rows)], [r["measured_s_total_max"] - m for m, r in zip(medians, rows)]]
+    spread = [[m - r["measured_s_total_min"] for m, r in zip(medians, rows)],
+              [r["measured_s_total_max"] - m for m, r in zip(medians, rows)]]
     ax.errorbar(medians, names, xerr=spread, fmt="none", ecolor="grey", capsize=3, label="min-max over rounds")
     ax.scatter([r["predicted_s_total"] for r in rows], names, marker="|", s=300, color="black", label="cost model", zorder=3)
     ax.invert_yaxis()
@@ -146,7 +147,8 @@ def add_arguments(parser) -> None:
                         help="interleaved rounds: timed iterations per method, after warm-up (default 5)")
     parser.add_argument("--methods", default=None, help=f"comma-separated subset of {','.join(m.name for m in THROUGHPUT_METHODS)} "
                                                         "(default: all; with --group-size G the names say G)")
-    parser.add_argument("--group-size", type=int, default=24, help="G of naive GRPO; Pro-GRPO runs 2G -> G -> G/2 (default 24, the paper's)")
+    parser.add_argument("--group-size", type=int, default=24,
+                        help="G of naive GRPO; Pro-GRPO runs 2G -> G -> G/2 (default 24, the paper's)")
 
 
 def run(args, command: str, tag: str) -> Path:

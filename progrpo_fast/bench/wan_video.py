@@ -106,7 +106,8 @@ def measure(frames=(9, 17), iterations: int = 5, methods: dict[str, str] = METHO
             ratio, (low, high) = paired_ratio(totals, naive_totals)
             cpu_ratio, (cpu_low, cpu_high) = paired_ratio([r["cpu_s"] for r in runs[name]], [r["cpu_s"] for r in runs["naive"]])
             rows.append({
-                "method": name, "schedule": methods[name], "frames": count, "latent_shape": "x".join(map(str, trainer.model.latent_shape())),
+                "method": name, "schedule": methods[name], "frames": count,
+                "latent_shape": "x".join(map(str, trainer.model.latent_shape())),
                 "iterations": iterations, "trajectory_steps": schedule.trajectory_steps(1),
                 "trajectory_steps_vs_naive": schedule.trajectory_steps(1) / naive_steps, "trained_rows": schedule.final_group_size,
                 **{key: statistics.fmean(r[key] for r in runs[name]) for key in ("sample_s", "proxy_s", "reward_s", "train_s")},
@@ -137,7 +138,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--dtype", choices=["fp32", "bf16"], default="fp32")
     parser.add_argument("--proxy", choices=["latent", "reward", "random"], default="latent")
     parser.add_argument("--naive", default=METHODS["naive"], help=f"naive GRPO schedule (default {METHODS['naive']})")
-    parser.add_argument("--pro-grpo", dest="pro_grpo", default=METHODS["pro-grpo"], help=f"Pro-GRPO schedule (default {METHODS['pro-grpo']})")
+    parser.add_argument("--pro-grpo", dest="pro_grpo", default=METHODS["pro-grpo"],
+                        help=f"Pro-GRPO schedule (default {METHODS['pro-grpo']})")
     parser.add_argument("--threads", type=int, default=None,
                         help="torch CPU threads (1 keeps CPU time free of other processes' load: no spin-waiting for a descheduled peer)")
 

@@ -30,7 +30,8 @@ CALLBACK_INPUTS = ("latents", "prompt_embeds", "negative_prompt_embeds", "pooled
 class PruneCallback:
     def __init__(self, pipe, schedule: PruneSchedule, grid: int = 4):
         if schedule.checkpoints and schedule.checkpoints[0] < 2:
-            raise ValueError(f"checkpoints must be >= 2 for the pipeline hook (x0_hat comes from two consecutive latents), got {schedule.checkpoints}")
+            raise ValueError("checkpoints must be >= 2 for the pipeline hook (x0_hat comes from two consecutive latents), "
+                             f"got {schedule.checkpoints}")
         self.pipe, self.schedule, self.grid = pipe, schedule, grid
         self.network = pipe.transformer if hasattr(pipe, "transformer") else pipe.unet
         self.tensor_inputs = [name for name in CALLBACK_INPUTS if name in pipe._callback_tensor_inputs]
@@ -52,7 +53,8 @@ class PruneCallback:
             rows = latents.shape[0]
             group = self.schedule.sizes()[step]
             if rows % group:
-                raise ValueError(f"the pipeline batch has {rows} rows, not whole groups of {group}; pass num_images_per_prompt={self.schedule.group_size_max}")
+                raise ValueError(f"the pipeline batch has {rows} rows, not whole groups of {group}; "
+                                 f"pass num_images_per_prompt={self.schedule.group_size_max}")
             index = ops.prune_select(self._unpacked(x0_hat), group, keep, self.grid, check_finite=False)
             self.kept = self.kept[index]
             kwargs["latents"] = ops.compact_(index, latents, check_values=False)
@@ -106,7 +108,8 @@ class PruneCallback:
             sigma, sigma_next = float(scheduler.sigmas[step]), float(scheduler.sigmas[step + 1])
             v = (x_next - x) / (sigma_next - sigma)
             return x - sigma * v
-        a_t, a_prev = (float(a[0]) for a in ddim_alpha_pairs(scheduler, scheduler.timesteps[step : step + 1], scheduler.num_inference_steps))
+        a_t, a_prev = (float(a[0])
+                       for a in ddim_alpha_pairs(scheduler, scheduler.timesteps[step : step + 1], scheduler.num_inference_steps))
         # x = sqrt(a_t) x0 + sqrt(1-a_t) eps and x_next = sqrt(a_prev) x0 + sqrt(1-a_prev) eps, solved for x0
         denom = a_t**0.5 * (1 - a_prev) ** 0.5 - a_prev**0.5 * (1 - a_t) ** 0.5
         return ((1 - a_prev) ** 0.5 * x - (1 - a_t) ** 0.5 * x_next) / denom

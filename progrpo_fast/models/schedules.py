@@ -15,11 +15,13 @@ def flow_sigmas(scheduler, num_steps: int, device=None, **set_timesteps_kwargs) 
     if not isinstance(num_steps, int) or num_steps < 1:
         raise ValueError(f"num_steps must be a positive int, got {num_steps!r}")
     if getattr(scheduler.config, "stochastic_sampling", False):
-        raise ValueError("the scheduler has stochastic_sampling=True; the SDE steps here add their own noise, use a deterministic scheduler config")
+        raise ValueError("the scheduler has stochastic_sampling=True; the SDE steps here add their own noise, "
+                         "use a deterministic scheduler config")
     scheduler.set_timesteps(num_steps, **set_timesteps_kwargs)
     sigmas = torch.as_tensor(scheduler.sigmas, dtype=torch.float32)
     if sigmas.shape != (num_steps + 1,):
-        raise ValueError(f"expected {num_steps + 1} sigmas (num_steps + terminal) from {type(scheduler).__name__}, got {tuple(sigmas.shape)}")
+        raise ValueError(f"expected {num_steps + 1} sigmas (num_steps + terminal) from {type(scheduler).__name__}, "
+                         f"got {tuple(sigmas.shape)}")
     return sigmas.to(device) if device is not None else sigmas
 
 

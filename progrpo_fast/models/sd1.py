@@ -24,7 +24,8 @@ class SD1Denoiser(PipelineDenoiser):
 
     @torch.no_grad()
     def encode(self, prompts):
-        embeds, negative = self.pipe.encode_prompt(prompts, self.device, 1, self.cfg, negative_prompt=[""] * len(prompts) if self.cfg else None)
+        embeds, negative = self.pipe.encode_prompt(prompts, self.device, 1, self.cfg,
+                                                   negative_prompt=[""] * len(prompts) if self.cfg else None)
         return {"prompt_embeds": embeds, **({"negative_prompt_embeds": negative} if self.cfg else {})}
 
     def latent_shape(self):

@@ -6,7 +6,8 @@ from __future__ import annotations
 
 import torch
 
-WORDS = "a an the red green blue yellow circle circles square squares triangle triangles one two three left right of above below photo cat dog".split()
+WORDS = ("a an the red green blue yellow circle circles square squares triangle triangles one two three left right of above below "
+         "photo cat dog").split()
 
 
 SPECIALS = ("<pad>", "<unk>", "<bos>", "<eos>")
@@ -52,8 +53,9 @@ def tiny_vae(latent_channels: int = 4, seed: int = 0, shift_factor: float | None
     from diffusers import AutoencoderKL
 
     torch.manual_seed(seed)
-    return AutoencoderKL(in_channels=3, out_channels=3, down_block_types=("DownEncoderBlock2D",) * 2, up_block_types=("UpDecoderBlock2D",) * 2,
-                         block_out_channels=(8, 16), layers_per_block=1, latent_channels=latent_channels, norm_num_groups=4, sample_size=16,
+    return AutoencoderKL(in_channels=3, out_channels=3, down_block_types=("DownEncoderBlock2D",) * 2,
+                         up_block_types=("UpDecoderBlock2D",) * 2, block_out_channels=(8, 16), layers_per_block=1,
+                         latent_channels=latent_channels, norm_num_groups=4, sample_size=16,
                          scaling_factor=0.5, shift_factor=shift_factor).eval()
 
 
@@ -83,7 +85,8 @@ def tiny_flux_pipeline(seed: int = 0, guidance_embeds: bool = True):
                                          guidance_embeds=guidance_embeds, axes_dims_rope=(2, 2, 4)).eval()
     t5 = T5EncoderModel(T5Config(vocab_size=len(tokenizer), d_model=32, d_kv=8, d_ff=64, num_layers=1, num_heads=4)).eval()
     scheduler = FlowMatchEulerDiscreteScheduler(use_dynamic_shifting=True, base_image_seq_len=16, max_image_seq_len=256)
-    return FluxPipeline(scheduler=scheduler, vae=tiny_vae(seed=seed, shift_factor=0.1), text_encoder=clip_text_encoder(tokenizer, projection=None, seed=seed),
+    return FluxPipeline(scheduler=scheduler, vae=tiny_vae(seed=seed, shift_factor=0.1),
+                        text_encoder=clip_text_encoder(tokenizer, projection=None, seed=seed),
                         tokenizer=tokenizer, text_encoder_2=t5, tokenizer_2=tokenizer, transformer=transformer)
 
 
@@ -93,11 +96,14 @@ def tiny_sd1_pipeline(seed: int = 0):
     tokenizer = word_level_tokenizer()
     torch.manual_seed(seed)
     unet = UNet2DConditionModel(sample_size=8, in_channels=4, out_channels=4, block_out_channels=(8, 16), layers_per_block=1,
-                                down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"), up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+                                down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+                                up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
                                 cross_attention_dim=32, norm_num_groups=4, attention_head_dim=4).eval()
-    scheduler = DDIMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", clip_sample=False, set_alpha_to_one=False, steps_offset=1)
-    return StableDiffusionPipeline(vae=tiny_vae(seed=seed), text_encoder=clip_text_encoder(tokenizer, projection=None, seed=seed), tokenizer=tokenizer,
-                                   unet=unet, scheduler=scheduler, safety_checker=None, feature_extractor=None, requires_safety_checker=False)
+    scheduler = DDIMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", clip_sample=False,
+                              set_alpha_to_one=False, steps_offset=1)
+    return StableDiffusionPipeline(vae=tiny_vae(seed=seed), text_encoder=clip_text_encoder(tokenizer, projection=None, seed=seed),
+                                   tokenizer=tokenizer, unet=unet, scheduler=scheduler, safety_checker=None, feature_extractor=None,
+                                   requires_safety_checker=False)
 
 
 def sd35_medium_sized_pipeline(seed: int = 0, device="cpu", num_layers: int = 24, num_attention_heads: int = 24,
@@ -116,15 +122,18 @@ def sd35_medium_sized_pipeline(seed: int = 0, device="cpu", num_layers: int = 24
     with torch.device(device):
         transformer = SD3Transformer2DModel(sample_size=128, patch_size=2, in_channels=16, out_channels=16, num_layers=num_layers,
                                             attention_head_dim=64, num_attention_heads=num_attention_heads, joint_attention_dim=4096,
-                                            caption_projection_dim=64 * num_attention_heads, pooled_projection_dim=2048, pos_embed_max_size=384,
-                                            dual_attention_layers=tuple(dual_attention_layers), qk_norm="rms_norm").eval()
-        vae = AutoencoderKL(in_channels=3, out_channels=3, down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4,
-                            block_out_channels=(128, 256, 512, 512), layers_per_block=2, latent_channels=16, norm_num_groups=32, sample_size=1024,
-                            scaling_factor=1.5305, shift_factor=0.0609, use_quant_conv=False, use_post_quant_conv=False).eval()
+                                            caption_projection_dim=64 * num_attention_heads, pooled_projection_dim=2048,
+                                            pos_embed_max_size=384, dual_attention_layers=tuple(dual_attention_layers),
+                                            qk_norm="rms_norm").eval()
+        vae = AutoencoderKL(in_channels=3, out_channels=3, down_block_types=("DownEncoderBlock2D",) * 4,
+                            up_block_types=("UpDecoderBlock2D",) * 4, block_out_channels=(128, 256, 512, 512), layers_per_block=2,
+                            latent_channels=16, norm_num_groups=32, sample_size=1024, scaling_factor=1.5305, shift_factor=0.0609,
+                            use_quant_conv=False, use_post_quant_conv=False).eval()
         clip_l = clip_text_encoder(tokenizer, hidden=768, projection=768, layers=1, seed=seed)
         clip_g = clip_text_encoder(tokenizer, hidden=1280, projection=1280, layers=1, seed=seed + 1)
-    return StableDiffusion3Pipeline(transformer=transformer, scheduler=FlowMatchEulerDiscreteScheduler(shift=3.0), vae=vae, text_encoder=clip_l,
-                                    tokenizer=tokenizer, text_encoder_2=clip_g, tokenizer_2=tokenizer, text_encoder_3=None, tokenizer_3=None)
+    return StableDiffusion3Pipeline(transformer=transformer, scheduler=FlowMatchEulerDiscreteScheduler(shift=3.0), vae=vae,
+                                    text_encoder=clip_l, tokenizer=tokenizer, text_encoder_2=clip_g, tokenizer_2=tokenizer,
+                                    text_encoder_3=None, tokenizer_3=None)
 
 
 QWEN_TEMPLATE_PIECES = ("<|im_start|>", "<|im_end|>", "\n", ",", ":", "system", "user", "assistant", "Describe", "image", "by", "detailing",
@@ -161,8 +170,10 @@ def qwen_text_encoder(vocab_size: int, hidden: int = 16, layers: int = 2, heads:
             "num_key_value_heads": heads, "vocab_size": vocab_size, "rope_theta": 1000000.0,
             "rope_scaling": {"mrope_section": [section, section, head_dim // 2 - 2 * section], "rope_type": "default", "type": "default"}}
     vision = {"depth": 1, "hidden_size": 16, "intermediate_size": 16, "num_heads": 2, "out_hidden_size": hidden}
-    special = {name: vocab_size - 1 - i for i, name in enumerate(("image_token_id", "video_token_id", "vision_start_token_id", "vision_end_token_id"))}
-    config = Qwen2_5_VLConfig(text_config=text, vision_config=vision, vocab_size=vocab_size, bos_token_id=None, eos_token_id=None, **special)
+    special = {name: vocab_size - 1 - i
+               for i, name in enumerate(("image_token_id", "video_token_id", "vision_start_token_id", "vision_end_token_id"))}
+    config = Qwen2_5_VLConfig(text_config=text, vision_config=vision, vocab_size=vocab_size, bos_token_id=None, eos_token_id=None,
+                              **special)
     torch.manual_seed(seed)
     return Qwen2_5_VLForConditionalGeneration(config).eval()
 
@@ -180,7 +191,8 @@ def tiny_qwen_image_pipeline(seed: int = 0):
                                               axes_dims_rope=(8, 4, 4)).eval()
     vae = AutoencoderKLQwenImage(base_dim=8, z_dim=4, dim_mult=[1, 2, 2], num_res_blocks=1, temperal_downsample=[False, True],
                                  latents_mean=[0.1, -0.2, 0.05, 0.0], latents_std=[1.5, 0.8, 1.2, 1.0]).eval()
-    scheduler = FlowMatchEulerDiscreteScheduler(use_dynamic_shifting=True, base_image_seq_len=16, max_image_seq_len=256, shift_terminal=0.02)
+    scheduler = FlowMatchEulerDiscreteScheduler(use_dynamic_shifting=True, base_image_seq_len=16, max_image_seq_len=256,
+                                                shift_terminal=0.02)
     return QwenImagePipeline(scheduler=scheduler, vae=vae, text_encoder=qwen_text_encoder(len(tokenizer), seed=seed),
                              tokenizer=tokenizer, transformer=transformer)
 
@@ -210,8 +222,8 @@ def tiny_wan_pipeline(seed: int = 0, expand_timesteps: bool = False):
                                         qk_norm="rms_norm_across_heads", rope_max_seq_len=32).eval()
     umt5 = UMT5EncoderModel(UMT5Config(vocab_size=len(tokenizer), d_model=32, d_kv=8, d_ff=64, num_layers=1, num_heads=4,
                                        pad_token_id=tokenizer.pad_token_id)).eval()
-    return WanPipeline(tokenizer=tokenizer, text_encoder=umt5, vae=tiny_wan_vae(seed=seed), scheduler=FlowMatchEulerDiscreteScheduler(shift=3.0),
-                       transformer=transformer, expand_timesteps=expand_timesteps)
+    return WanPipeline(tokenizer=tokenizer, text_encoder=umt5, vae=tiny_wan_vae(seed=seed),
+                       scheduler=FlowMatchEulerDiscreteScheduler(shift=3.0), transformer=transformer, expand_timesteps=expand_timesteps)
 
 
 def qwen_image_sized_pipeline(seed: int = 0, device="cpu"):
@@ -229,12 +241,14 @@ def qwen_image_sized_pipeline(seed: int = 0, device="cpu"):
         transformer = QwenImageTransformer2DModel(patch_size=2, in_channels=64, out_channels=16, num_layers=60, attention_head_dim=128,
                                                   num_attention_heads=24, joint_attention_dim=3584, guidance_embeds=False,
                                                   axes_dims_rope=(16, 56, 56)).eval()
-        vae = AutoencoderKLQwenImage(base_dim=96, z_dim=16, dim_mult=[1, 2, 4, 4], num_res_blocks=2, temperal_downsample=[False, True, True]).eval()
-        text = {"hidden_size": 3584, "intermediate_size": 18944, "num_hidden_layers": 1, "num_attention_heads": 28, "num_key_value_heads": 4,
-                "vocab_size": len(tokenizer), "rope_theta": 1000000.0,
+        vae = AutoencoderKLQwenImage(base_dim=96, z_dim=16, dim_mult=[1, 2, 4, 4], num_res_blocks=2,
+                                     temperal_downsample=[False, True, True]).eval()
+        text = {"hidden_size": 3584, "intermediate_size": 18944, "num_hidden_layers": 1, "num_attention_heads": 28,
+                "num_key_value_heads": 4, "vocab_size": len(tokenizer), "rope_theta": 1000000.0,
                 "rope_scaling": {"mrope_section": [16, 24, 24], "rope_type": "default", "type": "default"}}
         vision = {"depth": 1, "hidden_size": 64, "intermediate_size": 64, "num_heads": 2, "out_hidden_size": 3584}
-        special = {name: len(tokenizer) - 1 - i for i, name in enumerate(("image_token_id", "video_token_id", "vision_start_token_id", "vision_end_token_id"))}
+        special = {name: len(tokenizer) - 1 - i
+                   for i, name in enumerate(("image_token_id", "video_token_id", "vision_start_token_id", "vision_end_token_id"))}
         encoder = Qwen2_5_VLForConditionalGeneration(Qwen2_5_VLConfig(text_config=text, vision_config=vision, vocab_size=len(tokenizer),
                                                                       bos_token_id=None, eos_token_id=None, **special)).eval()
     scheduler = FlowMatchEulerDiscreteScheduler(use_dynamic_shifting=True, base_image_seq_len=256, max_image_seq_len=8192, base_shift=0.5,
@@ -254,10 +268,12 @@ def wan21_1p3b_sized_pipeline(seed: int = 0, device="cpu"):
     tokenizer = word_level_tokenizer(max_length=512)
     torch.manual_seed(seed)
     with torch.device(device):
-        transformer = WanTransformer3DModel(patch_size=(1, 2, 2), num_attention_heads=12, attention_head_dim=128, in_channels=16, out_channels=16,
-                                            text_dim=4096, freq_dim=256, ffn_dim=8960, num_layers=30, cross_attn_norm=True,
+        transformer = WanTransformer3DModel(patch_size=(1, 2, 2), num_attention_heads=12, attention_head_dim=128, in_channels=16,
+                                            out_channels=16, text_dim=4096, freq_dim=256, ffn_dim=8960, num_layers=30, cross_attn_norm=True,
                                             qk_norm="rms_norm_across_heads", eps=1e-6, rope_max_seq_len=1024).eval()
-        vae = AutoencoderKLWan(base_dim=96, z_dim=16, dim_mult=[1, 2, 4, 4], num_res_blocks=2, temperal_downsample=[False, True, True]).eval()
+        vae = AutoencoderKLWan(base_dim=96, z_dim=16, dim_mult=[1, 2, 4, 4], num_res_blocks=2,
+                               temperal_downsample=[False, True, True]).eval()
         umt5 = UMT5EncoderModel(UMT5Config(vocab_size=len(tokenizer), d_model=4096, d_kv=64, d_ff=10240, num_layers=1, num_heads=64,
                                            feed_forward_proj="gated-gelu", pad_token_id=tokenizer.pad_token_id)).eval()
-    return WanPipeline(tokenizer=tokenizer, text_encoder=umt5, vae=vae, scheduler=FlowMatchEulerDiscreteScheduler(shift=3.0), transformer=transformer)
+    return WanPipeline(tokenizer=tokenizer, text_encoder=umt5, vae=vae, scheduler=FlowMatchEulerDiscreteScheduler(shift=3.0),
+                       transformer=transformer)

@@ -26,7 +26,8 @@ def flow_match_euler(scheduler) -> FlowMatchEulerDiscreteScheduler:
     if not config.get("use_flow_sigmas", False) and "flow_shift" not in config:
         raise ValueError(f"{type(scheduler).__name__} is not a flow-matching scheduler (no use_flow_sigmas / flow_shift); "
                          "load the pipeline with a FlowMatchEulerDiscreteScheduler")
-    return FlowMatchEulerDiscreteScheduler(num_train_timesteps=config.get("num_train_timesteps", 1000), shift=config.get("flow_shift") or 1.0)
+    return FlowMatchEulerDiscreteScheduler(num_train_timesteps=config.get("num_train_timesteps", 1000),
+                                           shift=config.get("flow_shift") or 1.0)
 
 
 @torch.no_grad()
@@ -98,7 +99,8 @@ class WanDenoiser(PipelineDenoiser):
             timesteps = timestep.expand(hidden.shape[0], tokens)
         else:
             timesteps = timestep.expand(hidden.shape[0])
-        out = self.network(hidden_states=hidden, timestep=timesteps, encoder_hidden_states=self.pair(cond, "prompt_embeds"), return_dict=False)[0]
+        out = self.network(hidden_states=hidden, timestep=timesteps, encoder_hidden_states=self.pair(cond, "prompt_embeds"),
+                           return_dict=False)[0]
         return self.guide(out)
 
     def decode(self, latents):

@@ -21,7 +21,7 @@ NAMES = ("torch", "cpp", "triton")
 ENV_VAR = "PROGRPO_FAST_BACKEND"
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def load(name: str):
     """Returns (module or None, reason it failed or '')."""
     if name == "torch":

@@ -43,7 +43,8 @@ class ClipReward(ModelReward):
 
     def __init__(self, path, tokenizer_path=None, device=None, dtype=torch.float32):
         folder = require_path(path, f"{self.name} model folder")
-        self.setup(load_clip_model(folder, self.name), load_tokenizer(folder, tokenizer_path, self.name, self.tokenizer_hint), device, dtype)
+        self.setup(load_clip_model(folder, self.name), load_tokenizer(folder, tokenizer_path, self.name, self.tokenizer_hint),
+                   device, dtype)
 
     def setup(self, clip, tokenizer, device, dtype, head: nn.Module | None = None) -> None:
         modules = nn.Module()

@@ -104,7 +104,8 @@ def clip_config_for(state_dict: dict[str, torch.Tensor], vision_heads: int, text
     vision = dict(hidden_size=width, intermediate_size=state_dict["vision_model.encoder.layers.0.mlp.fc1.weight"].shape[0],
                   num_hidden_layers=count("vision_model.encoder.layers."), num_attention_heads=vision_heads,
                   image_size=grid * patch, patch_size=patch, hidden_act=hidden_act, layer_norm_eps=1e-5)
-    text = dict(vocab_size=vocab, hidden_size=text_width, intermediate_size=state_dict["text_model.encoder.layers.0.mlp.fc1.weight"].shape[0],
+    text = dict(vocab_size=vocab, hidden_size=text_width,
+                intermediate_size=state_dict["text_model.encoder.layers.0.mlp.fc1.weight"].shape[0],
                 num_hidden_layers=count("text_model.encoder.layers."), num_attention_heads=text_heads,
                 max_position_embeddings=state_dict["text_model.embeddings.position_embedding.weight"].shape[0],
                 hidden_act=hidden_act, layer_norm_eps=1e-5, pad_token_id=0, bos_token_id=vocab - 2, eos_token_id=2)

@@ -165,7 +165,8 @@ class HTTPReward(Reward):
         if parts.scheme != "http" or not parts.hostname:
             raise ValueError(f"http reward: url must look like http://127.0.0.1:PORT, got {url!r}")
         if not is_loopback(parts.hostname):
-            raise ValueError(f"http reward: only loopback servers (127.0.0.1, ::1, localhost) are allowed, got {parts.hostname!r} in {url!r}")
+            raise ValueError("http reward: only loopback servers (127.0.0.1, ::1, localhost) are allowed, "
+                             f"got {parts.hostname!r} in {url!r}")
         if timeout <= 0 or retries < 0:
             raise ValueError(f"http reward: timeout must be > 0 and retries >= 0, got {timeout}, {retries}")
         self.url = urlunsplit(parts._replace(path=parts.path if parts.path not in ("", "/") else "/score"))
@@ -193,7 +194,7 @@ class HTTPReward(Reward):
                 if error.code < 500:
                     raise ValueError(f"http reward: {self.url} rejected the request ({error.code}): {message}") from None
                 raise RuntimeError(f"http reward: the server at {self.url} failed ({error.code}): {message}") from None
-            except (urllib.error.URLError, ConnectionError, TimeoutError, socket.timeout) as error:
+            except (urllib.error.URLError, ConnectionError, TimeoutError) as error:
                 failure = getattr(error, "reason", error)
         raise ConnectionError(f"http reward: no answer from {self.url} after {self.retries + 1} attempt(s) "
                               f"(timeout {self.timeout:g} s each): {failure}; {START_HINT}")

@@ -132,7 +132,8 @@ def load_imagereward_checkpoint(path, vision_heads: int = 16, text_heads: int = 
     missing, unexpected = model.load_state_dict(blip_state, strict=False)
     missing = [key for key in missing if not key.startswith("itm_head.") and not key.endswith("position_ids")]
     if missing or unexpected:
-        raise ValueError(f"{path}: converted weights do not fit BlipForImageTextRetrieval (missing {missing[:8]}, unexpected {unexpected[:8]})")
+        raise ValueError(f"{path}: converted weights do not fit BlipForImageTextRetrieval "
+                         f"(missing {missing[:8]}, unexpected {unexpected[:8]})")
     head = MLPHead(head_state["layers.0.weight"].shape[1])
     head.load_state_dict({key: value.float() for key, value in head_state.items()})
     return model.eval(), head

@@ -189,7 +189,8 @@ class GraphSampler(ExpandPruneSampler):
             self.capture_memory.append(torch.cuda.memory_reserved(device) - before)
         self.captures += 1
         self.captured_pointers = self.static_pointers()
-        note = "" if self.proxy.capturable else f"; the {self.proxy.name or type(self.proxy).__name__} proxy does host work and runs between them"
+        note = ("" if self.proxy.capturable
+                else f"; the {self.proxy.name or type(self.proxy).__name__} proxy does host work and runs between them")
         print(f"{LOG_PREFIX} cuda graphs: captured {len(self.graphs)} segments of schedule {self.schedule} for "
               f"{full_rows // self.schedule.group_size_max} prompts ({self.capture_memory[-1] / 2**20:.0f} MiB pool){note}")
 

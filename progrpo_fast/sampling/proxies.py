@@ -146,8 +146,8 @@ class LatentProxy(Proxy):
 
 class RewardProxy(Proxy):
     """The paper's proxy: decode x0_hat, score with reward_fn(images (B, 3, H, W) in [0, 1],
-    prompts) -> (B,) rewards, in batches of ``batch_size`` rows (None: all), exact scalar OVF. Host work (row prompts, the reward model's own
-    preprocessing), so it runs between captured CUDA-graph segments, not inside them."""
+    prompts) -> (B,) rewards, in batches of ``batch_size`` rows (None: all), exact scalar OVF. Host work (row prompts,
+    the reward model's own preprocessing), so it runs between captured CUDA-graph segments, not inside them."""
 
     name = "reward"
     capturable = False
@@ -162,7 +162,8 @@ class RewardProxy(Proxy):
         scores = []
         for start in range(0, rows, size):
             images = ckpt.decode(ckpt.x0_hat[start : start + size])
-            scores.append(torch.as_tensor(self.reward_fn(images, prompts[start : start + size]), dtype=torch.float32, device=ckpt.x0_hat.device))
+            scores.append(torch.as_tensor(self.reward_fn(images, prompts[start : start + size]), dtype=torch.float32,
+                                          device=ckpt.x0_hat.device))
         return select_by_scores(torch.cat(scores), ckpt)
 
 
@@ -300,7 +301,8 @@ PROXIES = {"latent": LatentProxy, "reward": RewardProxy, "probe": ProbeProxy, "r
 
 def group_means(values: torch.Tensor, groups: torch.Tensor) -> torch.Tensor:
     """Each row's group mean: values (n, ...) averaged over the rows sharing its ``groups`` id (n,)."""
-    count = torch.zeros(int(groups.max()) + 1, dtype=values.dtype, device=values.device).index_add_(0, groups, torch.ones_like(groups, dtype=values.dtype))
+    count = torch.zeros(int(groups.max()) + 1, dtype=values.dtype, device=values.device).index_add_(
+        0, groups, torch.ones_like(groups, dtype=values.dtype))
     sums = torch.zeros(count.shape[0], *values.shape[1:], dtype=values.dtype, device=values.device).index_add_(0, groups, values)
     return (sums / count.view(-1, *[1] * (values.dim() - 1)).clamp_min(1))[groups]
 
@@ -333,8 +335,8 @@ class HiddenProbeProxy(Proxy):
 
     A forward hook on ``block`` (default: ``default_probe_block``, the last) keeps the token-pooled
     output of the network's latest pass (``pool_block_output``: mean and max over the tokens; under
-    CFG both halves side by side per row; the calls inside ``one_pass()`` are the chunks of one pass). At a checkpoint that pass is the previous step's, the
-    one that computed x0_hat, so the features cost a reduction over tokens. Scores s = f @ w_t (one
+    CFG both halves side by side per row; the calls inside ``one_pass()`` are the chunks of one pass). At a checkpoint
+    that pass is the previous step's, the one that computed x0_hat, so the features cost a reduction over tokens. Scores s = f @ w_t (one
     w_t per checkpoint step) select by exact OVF. The strong default ridge (10, on standardised
     features) suits the few hundred within-group pairs an online fit has early on.
 

@@ -46,7 +46,7 @@ class PruneRecord:
     variance_kept: torch.Tensor
     kept_features: torch.Tensor | None = None
 
-    def detached_copy(self) -> "PruneRecord":
+    def detached_copy(self) -> PruneRecord:
         """The record with its tensors cloned (a CUDA graph's outputs change at its next replay)."""
         return dataclasses.replace(self, **{name: value.clone() for name, value in vars(self).items() if isinstance(value, torch.Tensor)})
 
@@ -169,7 +169,8 @@ class ExpandPruneSampler:
     trainer replays (ratio = 1). ``forward_rows``: at most this many rows per network call (None: all)."""
 
     def __init__(self, model: Denoiser, schedule: PruneSchedule, proxy=None, method: str = "sde", eta: float = 0.7, noise_steps=None,
-                 id_stride: int | None = None, history_device=None, history_dtype: torch.dtype = torch.float32, forward_rows: int | None = None):
+                 id_stride: int | None = None, history_device=None, history_dtype: torch.dtype = torch.float32,
+                 forward_rows: int | None = None):
         if forward_rows is not None and (not isinstance(forward_rows, int) or forward_rows < 1):
             raise ValueError(f"forward_rows must be an int >= 1 (or None: all rows in one call), got {forward_rows!r}")
         if id_stride is not None and id_stride < schedule.group_size_max:

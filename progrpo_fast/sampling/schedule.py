@@ -44,16 +44,19 @@ class PruneSchedule:
         if not is_int(self.group_size_max) or self.group_size_max < 1:
             raise ValueError(f"group_size_max must be a positive int, got {self.group_size_max!r}")
         if len(self.checkpoints) != len(self.keep):
-            raise ValueError(f"checkpoints and keep must have the same length (one keep count per checkpoint), got {len(self.checkpoints)} and {len(self.keep)}")
+            raise ValueError("checkpoints and keep must have the same length (one keep count per checkpoint), "
+                             f"got {len(self.checkpoints)} and {len(self.keep)}")
         for t in self.checkpoints:
             if not is_int(t) or not 1 <= t < self.num_steps - 1:
-                raise ValueError(f"checkpoints must be ints in [1, num_steps - 1) = [1, {self.num_steps - 1}), got {t!r} in {self.checkpoints}")
+                raise ValueError(f"checkpoints must be ints in [1, num_steps - 1) = [1, {self.num_steps - 1}), "
+                                 f"got {t!r} in {self.checkpoints}")
         if any(a >= b for a, b in zip(self.checkpoints, self.checkpoints[1:])):
             raise ValueError(f"checkpoints must be strictly ascending, got {self.checkpoints}")
         previous = self.group_size_max
         for k in self.keep:
             if not is_int(k) or not 1 <= k < previous:
-                raise ValueError(f"keep must be strictly decreasing ints, each >= 1 and < the group size before it (starting from group_size_max={self.group_size_max}), got {k!r} in {self.keep}")
+                raise ValueError("keep must be strictly decreasing ints, each >= 1 and < the group size before it "
+                                 f"(starting from group_size_max={self.group_size_max}), got {k!r} in {self.keep}")
             previous = k
 
     @property
@@ -89,31 +92,32 @@ class PruneSchedule:
         return f"{self.group_size_max}{':' + prunes if prunes else ''}@{self.num_steps}"
 
     @classmethod
-    def from_string(cls, text: str) -> "PruneSchedule":
+    def from_string(cls, text: str) -> PruneSchedule:
         """Parses ``"G_MAX:T1=K1,T2=K2@NUM_STEPS"`` (or ``"G@NUM_STEPS"`` for no pruning)."""
         match = _STRING_FORM.match(text) if isinstance(text, str) else None
         if match is None:
-            raise ValueError(f"prune schedule {text!r} must look like 'G_MAX:T1=K1,T2=K2@NUM_STEPS' (e.g. '48:5=24,7=12@10') or 'G@NUM_STEPS' (e.g. '24@10')")
+            raise ValueError(f"prune schedule {text!r} must look like 'G_MAX:T1=K1,T2=K2@NUM_STEPS' (e.g. '48:5=24,7=12@10') "
+                             "or 'G@NUM_STEPS' (e.g. '24@10')")
         group_size_max, prunes, num_steps = match.groups()
         pairs = [tuple(int(n) for n in pair.split("=")) for pair in prunes.split(",")] if prunes else []
         return cls(int(group_size_max), tuple(t for t, _ in pairs), tuple(k for _, k in pairs), int(num_steps))
 
     @classmethod
-    def naive(cls, group_size: int, num_steps: int) -> "PruneSchedule":
+    def naive(cls, group_size: int, num_steps: int) -> PruneSchedule:
         """Plain GRPO: group_size rows per prompt for all num_steps steps."""
         return cls(group_size, (), (), num_steps)
 
     @classmethod
-    def flow(cls) -> "PruneSchedule":
+    def flow(cls) -> PruneSchedule:
         """Paper, SD3.5-M vs Flow-GRPO (G = 24): 48 -> 24 -> 12 at steps {5, 7} of 10."""
         return cls(48, (5, 7), (24, 12), 10)
 
     @classmethod
-    def flash(cls) -> "PruneSchedule":
+    def flash(cls) -> PruneSchedule:
         """Paper's "Flash" variant: 24 -> 16 -> 12 at steps {5, 7} of 10."""
         return cls(24, (5, 7), (16, 12), 10)
 
     @classmethod
-    def diffusion(cls) -> "PruneSchedule":
+    def diffusion(cls) -> PruneSchedule:
         """Paper, SD1.4 vs DanceGRPO (G = 16, 50 steps): 48 -> 32 -> 8 at steps {30, 40} of 50."""
         return cls(48, (30, 40), (32, 8), 50)

@@ -49,8 +49,9 @@ TRAIN_PROMPT_STREAM, EVAL_PROMPT_STREAM, POOL_STREAM = 100, 1000, 3000
 
 def build_prompts(config, stream: int = TRAIN_PROMPT_STREAM, use_pool: bool = True):
     """prompts(iteration, rank, count): the shapes task's caption sampler (or, with ``use_pool``,
-    its fixed pool, see prompts.pool), the moving-shape video captions ("shapes_video") or a prompt file, drawn with replacement by a generator keyed
-    by (seed, iteration, stream + rank); the held-out evaluation prompts use their own stream."""
+    its fixed pool, see prompts.pool), the moving-shape video captions ("shapes_video") or a prompt file, drawn with
+    replacement by a generator keyed by (seed, iteration, stream + rank); the held-out evaluation prompts use their own
+    stream."""
     seed = config.train.seed
     if config.prompts.source == "shapes":
         from progrpo_fast.tasks import caption, sample_scene

@@ -99,7 +99,8 @@ class ModelConfig:
     dtype: Literal["fp32", "bf16", "fp16"] = option("fp32")
     resolution: int | None = option(None, optional((lambda v: v >= 8 and v % 8 == 0, "a multiple of 8, >= 8")))
     width: int | None = option(None, optional((lambda v: v >= 8 and v % 8 == 0, "a multiple of 8, >= 8")))
-    num_frames: int | None = option(None, optional((lambda v: v >= 1 and (v - 1) % 4 == 0, "4k + 1 frames (the Wan VAE compresses time 4x)")))
+    num_frames: int | None = option(None, optional((lambda v: v >= 1 and (v - 1) % 4 == 0,
+                                                    "4k + 1 frames (the Wan VAE compresses time 4x)")))
     guidance_scale: float = option(1.0, non_negative())
     max_sequence_length: int | None = option(None, optional(at_least(1)))
     attention: Literal["sdpa", "xformers"] = option("sdpa")
@@ -390,7 +391,7 @@ class Config:
         return typing.get_type_hints(section_class)
 
     @classmethod
-    def from_dict(cls, data: dict) -> "Config":
+    def from_dict(cls, data: dict) -> Config:
         """A validated (structure only) Config from {section: {key: value}}; missing keys keep defaults."""
         if not isinstance(data, dict):
             raise ValueError(f"a config must be a mapping of sections ({', '.join(cls.section_names())}), got {data!r}")
@@ -411,7 +412,7 @@ class Config:
         return cls(**sections).validate(check_paths=False)
 
     @classmethod
-    def from_yaml(cls, path: str | Path) -> "Config":
+    def from_yaml(cls, path: str | Path) -> Config:
         """A Config from a YAML file (``extends:`` resolved), validated for structure."""
         return cls.from_dict(_read_yaml(Path(path), seen=()))
 
@@ -431,7 +432,7 @@ class Config:
         return yaml.safe_dump(self.to_dict(), sort_keys=False, default_flow_style=False)
 
     # ------------------------------------------------------------------ validation
-    def validate(self, check_paths: bool = True) -> "Config":
+    def validate(self, check_paths: bool = True) -> Config:
         """Checks (and normalises in place) every value; raises ValueError naming the dotted key
         and what is expected. ``check_paths`` also checks the files the run will read."""
         for section in self.section_names():
@@ -457,25 +458,31 @@ class Config:
             raise ValueError(f"config key 'sampler.schedule' is invalid: {err}") from None
         kind = MODEL_KINDS[model.kind]
         if not kind.flow and samp.method != "ddim":
-            raise ValueError(f"model.kind={model.kind!r} is a diffusion (epsilon) model and samples with DDIM only: set sampler.method=ddim (got {samp.method!r})")
+            raise ValueError(f"model.kind={model.kind!r} is a diffusion (epsilon) model and samples with DDIM only: "
+                             f"set sampler.method=ddim (got {samp.method!r})")
         if kind.flow and samp.method not in FLOW_METHODS:
             diffusion = " or ".join(f"model.kind={name!r}" for name in kind_names(flow=False))
             if kind.listed_flow_model:
-                raise ValueError(f"sampler.method={samp.method!r} needs {diffusion}; flow models ({', '.join(kind_names(listed_flow_model=True))}) "
+                raise ValueError(f"sampler.method={samp.method!r} needs {diffusion}; "
+                                 f"flow models ({', '.join(kind_names(listed_flow_model=True))}) "
                                  f"take one of {', '.join(FLOW_METHODS)}")
-            raise ValueError(f"sampler.method={samp.method!r} needs {diffusion}; model.kind={model.kind!r} is a flow model and takes one of {', '.join(FLOW_METHODS)}")
+            raise ValueError(f"sampler.method={samp.method!r} needs {diffusion}; model.kind={model.kind!r} is a flow model "
+                             f"and takes one of {', '.join(FLOW_METHODS)}")
         if samp.method == "cps" and samp.eta > 1:
-            raise ValueError(f"config key 'sampler.eta' must be <= 1 with method 'cps' (std = sigma_next * sin(eta * pi / 2)), got {samp.eta}")
+            raise ValueError("config key 'sampler.eta' must be <= 1 with method 'cps' (std = sigma_next * sin(eta * pi / 2)), "
+                             f"got {samp.eta}")
         if samp.noise_steps is not None and not (samp.noise_steps and all(0 <= t < schedule.num_steps - 1 for t in samp.noise_steps)):
             raise ValueError(f"config key 'sampler.noise_steps' must be null or a non-empty list of steps in [0, {schedule.num_steps - 1}) "
                              f"(the schedule has {schedule.num_steps} steps and its last is never trained), got {samp.noise_steps!r}")
         if samp.trajectory_id_stride is not None and samp.trajectory_id_stride < schedule.group_size_max:
-            raise ValueError(f"config key 'sampler.trajectory_id_stride' must be null or >= the schedule's G_max = {schedule.group_size_max} "
-                             f"(groups must not share trajectory ids), got {samp.trajectory_id_stride}")
+            raise ValueError("config key 'sampler.trajectory_id_stride' must be null or >= the schedule's "
+                             f"G_max = {schedule.group_size_max} (groups must not share trajectory ids), got {samp.trajectory_id_stride}")
         if samp.static_ovf and schedule.is_naive:
-            raise ValueError(f"sampler.static_ovf=true needs a pruned schedule to take K of G_max from (e.g. '24:5=16,7=12@10'), got the naive {samp.schedule!r}")
+            raise ValueError("sampler.static_ovf=true needs a pruned schedule to take K of G_max from (e.g. '24:5=16,7=12@10'), "
+                             f"got the naive {samp.schedule!r}")
         if kind.packed_name is not None and model.resolution is not None and model.resolution % 16:
-            raise ValueError(f"config key 'model.resolution' must be a multiple of 16 for {kind.packed_name} (2x2 latent packing), got {model.resolution}")
+            raise ValueError(f"config key 'model.resolution' must be a multiple of 16 for {kind.packed_name} (2x2 latent packing), "
+                             f"got {model.resolution}")
         for key in ("width", "num_frames"):
             if getattr(model, key) is not None and not kind.video:
                 raise ValueError(f"config key 'model.{key}' applies to video models (model.kind={' or '.join(kind_names(video=True))}), "
@@ -489,7 +496,8 @@ class Config:
         if train.adapter_steps == "noisy" and not train.lora:
             raise ValueError("train.adapter_steps=noisy switches a LoRA adapter off at the deterministic steps: it needs train.lora=true")
         if train.lora and not train.lora_targets:
-            raise ValueError("config key 'train.lora_targets' must name at least one module when train.lora is true, e.g. [to_q, to_k, to_v, to_out.0]")
+            raise ValueError("config key 'train.lora_targets' must name at least one module when train.lora is true, "
+                             "e.g. [to_q, to_k, to_v, to_out.0]")
 
     def _check_paths(self) -> None:
         model = self.model
@@ -506,9 +514,11 @@ class Config:
         if model.path is not None:
             path = Path(model.path).expanduser()
             if not path.is_dir():
-                raise ValueError(f"config key 'model.path': {model.path!r} is not a directory (a local diffusers pipeline folder is expected)")
+                raise ValueError(f"config key 'model.path': {model.path!r} is not a directory "
+                                 "(a local diffusers pipeline folder is expected)")
             if not (path / "model_index.json").is_file():
-                raise ValueError(f"config key 'model.path': {model.path!r} holds no model_index.json, so it is not a diffusers pipeline folder (save one with pipeline.save_pretrained)")
+                raise ValueError(f"config key 'model.path': {model.path!r} holds no model_index.json, "
+                                 "so it is not a diffusers pipeline folder (save one with pipeline.save_pretrained)")
         for name, reward_path in self.reward.paths.items():
             if not Path(reward_path).expanduser().exists():
                 raise ValueError(f"config key 'reward.paths.{name}': {reward_path!r} does not exist")
@@ -516,9 +526,11 @@ class Config:
         if source not in ("shapes", "shapes_video"):
             path = Path(source).expanduser()
             if not path.is_file():
-                raise ValueError(f"config key 'prompts.source': no prompt file {source!r}; give a text file with one prompt per line, or 'shapes' for the task's caption sampler")
+                raise ValueError(f"config key 'prompts.source': no prompt file {source!r}; "
+                                 "give a text file with one prompt per line, or 'shapes' for the task's caption sampler")
             if not any(line.strip() for line in path.read_text(encoding="utf-8").splitlines()):
-                raise ValueError(f"config key 'prompts.source': the prompt file {source!r} holds no prompt (it is empty or blank); one prompt per line is expected")
+                raise ValueError(f"config key 'prompts.source': the prompt file {source!r} holds no prompt (it is empty or blank); "
+                                 "one prompt per line is expected")
 
 
 # ------------------------------------------------------------------------------ files and presets
@@ -551,7 +563,8 @@ def _read_yaml(path: Path, seen: tuple[Path, ...]) -> dict:
         raise ValueError(f"config file {path} is not valid YAML: {err}") from None
     data = {} if data is None else data
     if not isinstance(data, dict):
-        raise ValueError(f"config file {path} must hold a mapping of sections ({', '.join(Config.section_names())}), got {type(data).__name__}")
+        raise ValueError(f"config file {path} must hold a mapping of sections ({', '.join(Config.section_names())}), "
+                         f"got {type(data).__name__}")
     base_name = data.pop("extends", None)
     if base_name is None:
         return data
@@ -583,7 +596,8 @@ def apply_overrides(config: Config, overrides: Sequence[str]) -> Config:
         tp = fields[key]
         if entry:
             if typing.get_origin(tp) is not dict or len(entry) != 1:
-                raise ValueError(f"override {override!r}: only dict keys take a third part (SECTION.KEY.NAME=VALUE); '{section}.{key}' expects {_type_name(tp)}")
+                raise ValueError(f"override {override!r}: only dict keys take a third part (SECTION.KEY.NAME=VALUE); "
+                                 f"'{section}.{key}' expects {_type_name(tp)}")
             tp = typing.get_args(tp)[1]
         try:
             value = yaml.safe_load(text)

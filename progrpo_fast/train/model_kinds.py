@@ -119,7 +119,8 @@ def _random(adapter_of: Callable, sized_pipeline: str) -> Callable:
 MODEL_KINDS: dict[str, ModelKind] = {kind.name: kind for kind in (
     ModelKind("shapes", _build_shapes, listed_flow_model=True, xformers=False),
     ModelKind("sd3", _pretrained("sd3", "SD3Denoiser", 256), download="stabilityai/stable-diffusion-3.5-medium", listed_flow_model=True),
-    ModelKind("flux", _pretrained("flux", "FluxDenoiser", 512), download="black-forest-labs/FLUX.1-dev", packed_name="FLUX", listed_flow_model=True),
+    ModelKind("flux", _pretrained("flux", "FluxDenoiser", 512), download="black-forest-labs/FLUX.1-dev", packed_name="FLUX",
+              listed_flow_model=True),
     ModelKind("sd1", _pretrained("sd1", "SD1Denoiser", None), flow=False, download="CompVis/stable-diffusion-v1-4"),
     ModelKind("qwen_image", _loaded(_qwen_image_adapter), download="Qwen/Qwen-Image", packed_name="Qwen-Image"),
     ModelKind("wan", _loaded(_wan_adapter), video=True, download="Wan-AI/Wan2.1-T2V-1.3B-Diffusers"),

@@ -33,7 +33,8 @@ def pil_image(image: torch.Tensor):
     return Image.fromarray((image.clamp(0, 1) * 255).round().byte().permute(1, 2, 0).cpu().numpy())
 
 
-def save_before_after(before: dict, after: dict, path: Path, iterations: tuple[int, int], max_prompts: int = 8, max_samples: int = 8) -> Path:
+def save_before_after(before: dict, after: dict, path: Path, iterations: tuple[int, int], max_prompts: int = 8,
+                      max_samples: int = 8) -> Path:
     """A labelled grid: per evaluation prompt (the first ``max_prompts``) its caption, then its first
     ``max_samples`` samples before training | the same noise after, each with its reward in its
     corner; a header names both sides (at ``iterations``) and their mean rewards (videos: their middle frame)."""
@@ -112,7 +113,8 @@ def evaluation_curves(config, summary: dict, jsonl: Path) -> dict[str, list[tupl
     log, earlier runs of a resumed one included) and after."""
     records = [json.loads(line) for line in jsonl.read_text().splitlines() if line.strip()]
     curves = {}
-    for key, label in (("", "training-pool captions" if uses_caption_pool(config) else "evaluation prompts"), ("_held_out", "held-out captions")):
+    for key, label in (("", "training-pool captions" if uses_caption_pool(config) else "evaluation prompts"),
+                       ("_held_out", "held-out captions")):
         if "eval_after" + key in summary:
             before, after = summary["eval_before" + key], summary["eval_after" + key]
             logged = [(r["iteration"] + 1, r["eval_reward" + key]) for r in records if "eval_reward" + key in r]

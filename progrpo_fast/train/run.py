@@ -123,7 +123,8 @@ def train(config, resume: bool = False, model=None, reward=None) -> dict:
         summary.update(evaluation_summary(after, "after", trainer.iteration))
     if main_rank:
         loggers.close()
-        summary["reward_curve"] = plot_reward_curve(loggers.jsonl, out_dir / "reward_curve.png", evaluation_curves(config, summary, loggers.jsonl))
+        summary["reward_curve"] = plot_reward_curve(loggers.jsonl, out_dir / "reward_curve.png",
+                                                    evaluation_curves(config, summary, loggers.jsonl))
         if evaluates:
             iterations = (summary["eval_before"]["iteration"], trainer.iteration)
             summary["before_after_grid"] = save_before_after(before[""], after[""], out_dir / "before_after.png", iterations)

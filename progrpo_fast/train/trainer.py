@@ -80,7 +80,7 @@ class Distributed:
     sharded: bool = False
 
     @classmethod
-    def from_environment(cls, parallel: str = "ddp") -> "Distributed":
+    def from_environment(cls, parallel: str = "ddp") -> Distributed:
         world = int(os.environ.get("WORLD_SIZE", "1"))
         if world > 1 and not torch.distributed.is_initialized():
             backend = "nccl" if torch.cuda.is_available() else "gloo"
@@ -165,7 +165,8 @@ class Trainer:
                 self.network.add_adapter(LoraConfig(r=train.lora_rank, lora_alpha=train.lora_alpha, init_lora_weights="gaussian",
                                                     target_modules=list(train.lora_targets)))
             except ValueError as err:  # peft's NoMatchingPeftModuleError is a ValueError
-                raise ValueError(f"train.lora_targets={list(train.lora_targets)} matched no module of {type(self.network).__name__} ({err}); "
+                raise ValueError(f"train.lora_targets={list(train.lora_targets)} matched no module of "
+                                 f"{type(self.network).__name__} ({err}); "
                                  "name Linear layers of the network, e.g. to_q, to_k, to_v, to_out.0") from err
             self.parameters = [p for n, p in self.network.named_parameters() if "lora_" in n]
             for p in self.parameters:  # adapters train in fp32 whatever the base model's dtype
@@ -267,7 +268,8 @@ class Trainer:
             **{f"probe_spearman_step{step}": value for step, value in probe_report.items()},
         }
         if rollout.prune_log:
-            metrics["proxy_var_kept_over_all"] = float(torch.stack([(r.variance_kept / r.variance_all.clamp_min(1e-12)).mean() for r in rollout.prune_log]).mean())
+            metrics["proxy_var_kept_over_all"] = float(torch.stack([(r.variance_kept / r.variance_all.clamp_min(1e-12)).mean()
+                                                                    for r in rollout.prune_log]).mean())
         return self._reduce(metrics)
 
     def _static_ovf(self, rollout: Rollout, components, weighted):
@@ -353,7 +355,7 @@ class Trainer:
                 log_probs[rows_idx, step] = out.log_prob
         return log_probs
 
-    def step_objective(self, step: int, x, x_next, old_log_prob, advantages, cond) -> "StepTerms":
+    def step_objective(self, step: int, x, x_next, old_log_prob, advantages, cond) -> StepTerms:
         """The loss of one recorded transition x -> x_next of some rows (loss + beta_kl * KL, its
         clipped policy loss, KL to the reference, ratio, clip fraction, the new log-prob),
         differentiable in the trainable weights."""
