@@ -19,6 +19,7 @@ LAYERS = [
     {"third_party", "kernels", "_C"},
     {"ops"},
     {"sampling"},
+    {"integrations"},  # StepPruner and keyed noise for foreign sampler loops (ops + sampling only)
     {"rewards"},
     {"tasks"},  # the built-in task (captions, renderer, scorer, tokenizer) its model is built on
     {"models"},
