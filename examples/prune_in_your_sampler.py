@@ -3,6 +3,14 @@
     python examples/prune_in_your_sampler.py
 
 A stand-in velocity model keeps this runnable anywhere; replace `velocity` with your transformer.
+
+Which proxy: this sketch selects on pooled x0_hat latents (`ops.prune_select` with a grid), the one
+selection that needs neither a network nor a reward. On the built-in task that latent proxy keeps
+LESS reward spread than a random subset (docs/benchmarks.md, selection table): pooled-latent
+diversity is colour and layout diversity, which that reward mostly ignores. With a real network
+prune with the hidden proxy (`HiddenProbeProxy(transformer)`, learned online from final rewards, no
+decoding) or the reward proxy, through `progrpo_fast.integrations.StepPruner`: see
+examples/flow_grpo_loop.py, which also keys the noise by trajectory id so survivors keep theirs.
 """
 import torch
 

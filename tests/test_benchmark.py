@@ -390,3 +390,12 @@ def _add_rows(path, name):
     for seed in range(20):
         results.add_to_results(path, {"setup": 1}, {"rows": []}, "test",
                                lambda payload, seed=seed: payload["rows"].append({"method": name, "seed": seed}))
+
+
+def test_foreign_sampler_bench_writes_its_table(tmp_path):
+    """bench foreign on tiny settings: StepPruner in the Flow-GRPO-shaped loop, timed against the unpruned loop."""
+    assert bench_main(["foreign", "--out", str(tmp_path), "--tag", "t", "--schedule", "4:2=2@4", "--prompts", "1", "--rounds", "1"]) == 0
+    row = json.loads((tmp_path / "foreign_sampler_t.json").read_text())["rows"][0]
+    assert row["schedule"] == "4:2=2@4" and row["trajectory_steps_pruned"] == 4 + 4 + 2 + 2
+    assert 0 < row["pruner_calls_s"] < row["pruned_s"] and 0 < row["pruner_share"] < 1
+    assert row["naive_gmax_s"] > 0 and "pruner share" in (tmp_path / "foreign_sampler_t.md").read_text()

@@ -19,7 +19,7 @@ LAYERS = [
     {"third_party", "kernels", "_C"},
     {"ops"},
     {"sampling"},
-    {"integrations"},  # framework glue (distributed samplers, stepping): torch, ops and sampling at most
+    {"integrations"},  # glue for foreign loops: StepPruner, keyed noise, RankLocalGroupSampler (ops + sampling only)
     {"rewards"},
     {"tasks"},  # the built-in task (captions, renderer, scorer, tokenizer) its model is built on
     {"models"},

@@ -34,7 +34,58 @@ def test_stock_pipeline_prunes_like_the_sampler(name):
     assert hook._handle is None
 
 
-def test_hook_refuses_a_checkpoint_before_step_2():
-    pipe, _ = build("sd3")
-    with pytest.raises(ValueError, match="checkpoints must be >= 2"):
-        PruneCallback(pipe, PruneSchedule.from_string("4:1=2@5"))
+def test_hook_prunes_at_step_1_like_the_sampler():
+    """x0_hat comes from the scheduler step's own model output, so a checkpoint at step 1 works."""
+    pipe, model = build("sd3")
+    schedule = PruneSchedule.from_string("4:1=2@4")
+    ours = ExpandPruneSampler(model, schedule, method="ode", eta=0.0).sample(PROMPTS, seed=1)
+    noise = ExpandPruneSampler(model, PruneSchedule.naive(4, 4), method="ode", eta=0.0).sample(PROMPTS, seed=1).latents[:, 0]
+    hook = PruneCallback(pipe, schedule)
+    out = pipe(prompt=PROMPTS, num_images_per_prompt=4, num_inference_steps=4, output_type="latent", height=16, width=16, latents=noise,
+               guidance_scale=model.guidance_scale, max_sequence_length=4, callback_on_step_end=hook,
+               callback_on_step_end_tensor_inputs=hook.tensor_inputs).images
+    assert torch.equal(hook.kept, ours.trajectory_ids)
+    torch.testing.assert_close(out.float(), ours.final_latents, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("name, kwargs", [("sd3", {}), ("sd1", {"eta": 1.0})])
+def test_hook_takes_x0_hat_from_the_pipelines_own_prediction_on_stochastic_steps(name, kwargs):
+    """FlowMatchEuler with stochastic_sampling=True and DDIM with eta=1 add noise at every step, so a
+    difference of two latents is no velocity; the hook selects with the scheduler step's own x0_hat."""
+    from diffusers import FlowMatchEulerDiscreteScheduler
+
+    from progrpo_fast import ops
+
+    pipe, _ = build(name)
+    if name == "sd3":
+        pipe.scheduler = FlowMatchEulerDiscreteScheduler.from_config(pipe.scheduler.config, stochastic_sampling=True)
+    seen, own_step = [], pipe.scheduler.step
+
+    def spy(model_output, timestep, sample, *args, **kw):
+        out = own_step(model_output, timestep, sample, *args, **kw)
+        seen.append((model_output.float(), sample.float(), out[0].float()))
+        return out
+
+    pipe.scheduler.step = spy
+    hook = PruneCallback(pipe, PruneSchedule.from_string("4:1=2@4"))
+    torch.manual_seed(0)
+    pipe(prompt=PROMPTS, num_images_per_prompt=4, num_inference_steps=4, output_type="latent", height=16, width=16,
+         callback_on_step_end=hook, callback_on_step_end_tensor_inputs=hook.tensor_inputs, **kwargs)
+    v, x, x_next = seen[0]
+    if name == "sd3":
+        sigma, sigma_next = (float(s) for s in pipe.scheduler.sigmas[:2])
+        x0_hat = x - sigma * v
+        from_latents = x - sigma * (x_next - x) / (sigma_next - sigma)  # what a latent difference gives
+        assert (from_latents - x0_hat).abs().mean() > 0.1 * x0_hat.abs().mean()
+    else:
+        a_t = float(pipe.scheduler.alphas_cumprod[int(pipe.scheduler.timesteps[0])])
+        x0_hat = (x - (1 - a_t) ** 0.5 * v) / a_t**0.5
+    assert torch.equal(hook.kept, ops.prune_select(x0_hat, 4, 2, 4))
+    assert hook._handle is None and pipe.scheduler.step is spy  # close() restored the scheduler
+
+
+def test_hook_refuses_a_scheduler_it_cannot_read_x0_hat_from():
+    pipe, _ = build("sd1")
+    pipe.scheduler.register_to_config(prediction_type="unknown")
+    with pytest.raises(ValueError, match="StepPruner"):
+        PruneCallback(pipe, PruneSchedule.from_string("4:1=2@4"))

@@ -21,6 +21,7 @@ BENCHMARKS = {
     "graphs": "progrpo_fast.bench.graphs",
     "wan_video": "progrpo_fast.bench.wan_video",
     "default": "progrpo_fast.bench.default_run",
+    "foreign": "progrpo_fast.bench.foreign",
 }
 
 
