@@ -25,6 +25,10 @@ _LAZY = {
     "QwenImageDenoiser": "progrpo_fast.models.qwen_image",
     "WanDenoiser": "progrpo_fast.models.wan",
     "PruneCallback": "progrpo_fast.models.pipeline_hook",
+    "StepPruner": "progrpo_fast.integrations.stepping",
+    "keyed_noise": "progrpo_fast.sampling.sde",
+    "keyed_generators": "progrpo_fast.integrations.stepping",
+    "RankLocalGroupSampler": "progrpo_fast.integrations.distributed",
 }
 
 __all__ = ["__version__", *_LAZY]

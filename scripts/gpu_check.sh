@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # One-shot GPU acceptance run: build the CUDA extension, run the CUDA tests, the op
 # microbenchmarks at SD3.5-M shapes (GB/s against the measured copy bandwidth), CUDA-graph vs
-# eager sampling, and SD3.5-M-sized GRPO throughput (naive-24 vs Pro-GRPO with the latent and the
-# reward proxy); results in benchmarks/results/*_cuda.{json,csv,md}, one summary table last.
+# eager sampling, SD3.5-M-sized GRPO throughput (naive-24 vs Pro-GRPO with the latent and the
+# reward proxy) and the stepping pruner's share of a Flow-GRPO-shaped sampler loop; results in benchmarks/results/*_cuda.{json,csv,md}, one summary table last.
 #
 #   bash scripts/gpu_check.sh             # on one H100/H200: under 8 minutes
 #   bash scripts/gpu_check.sh --dry-run   # every stage at toy size on a CPU (under a minute; CI runs it)
@@ -82,6 +82,11 @@ else
               --set model.dtype=bf16 --methods naive-24,pro-grpo-latent,pro-grpo-reward --rounds 2)
 fi
 "$PYTHON" -m progrpo_fast bench throughput "${THROUGHPUT[@]}" --set reward.paths.pickscore=$PICKSCORE --tag "$TAG" --out "$RESULTS"
+
+stage "pruning inside a foreign sampler loop"
+if [[ $DRY_RUN == 1 ]]; then FOREIGN=(--schedule 4:1=2@3 --prompts 1 --rounds 1); else
+  FOREIGN=(--schedule 16:5=8,7=4@10 --prompts 4 --rounds 4); fi
+"$PYTHON" -m progrpo_fast bench foreign "${FOREIGN[@]}" --tag "$TAG" --out "$RESULTS"
 
 if [[ "${GPU_CHECK_VIDEO:-0}" == 1 ]]; then  # optional (about 2 more minutes on an H200): Wan2.1-1.3B-sized video GRPO
   stage "video: Pro-GRPO vs naive GRPO on Wan"

@@ -1,5 +1,5 @@
 """The summary table of scripts/gpu_check.sh: each GPU target, what the run measured, and whether
-it is met. Reads RESULTS/{gpu_tests,ops,graphs,throughput}_TAG.* and writes RESULTS/gpu_check_TAG.md.
+it is met. Reads RESULTS/{gpu_tests,ops,graphs,throughput,foreign_sampler}_TAG.* and writes RESULTS/gpu_check_TAG.md.
 
     python scripts/gpu_summary.py benchmarks/results cuda
 """
@@ -48,7 +48,7 @@ def verdict(value, ok) -> str:
 
 def main() -> None:
     results, tag = Path(sys.argv[1]), sys.argv[2]
-    ops, graphs, throughput = (load(results / f"{name}_{tag}.json") for name in ("ops", "graphs", "throughput"))
+    ops, graphs, throughput, foreign = (load(results / f"{name}_{tag}.json") for name in ("ops", "graphs", "throughput", "foreign_sampler"))
     rows = [tests_row(results, tag)]
     for op, target in (("prune_select", 0.8), ("compact_", 0.7)):
         share = copy_share(ops, op)
@@ -76,6 +76,10 @@ def main() -> None:
                          f"{row['time_vs_first_naive']:.3f} ({row['time_vs_first_naive_range']})",
                          "<= 0.74 (reward proxy)" if row["method"] == "pro-grpo-reward" else "-",
                          verdict(row["time_vs_first_naive"], lambda r: r <= 0.74) if row["method"] == "pro-grpo-reward" else "-"])
+    for row in (foreign or {}).get("rows", []):
+        rows.append([f"StepPruner calls' share of a Flow-GRPO-shaped loop ({row['schedule']}, {row['proxy']} proxy)",
+                     f"{row['pruner_share']:.2%} (pruned loop {row['pruned_vs_naive_gmax']:.2f}x of unpruned G_max)", "<= 1%",
+                     verdict(row["pruner_share"], lambda s: s <= 0.01)])
     if throughput is not None:  # the throughput table as Markdown beside its JSON
         from progrpo_fast.bench.results import markdown_table
         from progrpo_fast.bench.throughput import COLUMNS

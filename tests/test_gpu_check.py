@@ -17,9 +17,10 @@ def test_gpu_check_dry_run_runs_every_stage(tmp_path):
     assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-4000:]
     stages = [line.split("] ", 1)[1] for line in done.stdout.splitlines() if line.startswith("== [")]
     assert stages == ["wheels", "build", "tests", "op microbenchmarks", "CUDA graphs vs eager sampling",
-                      "GRPO throughput: naive-24 vs Pro-GRPO", "summary", "done"]
+                      "GRPO throughput: naive-24 vs Pro-GRPO", "pruning inside a foreign sampler loop", "summary", "done"]
     for name in ("gpu_tests_dryrun.xml", "ops_dryrun.json", "ops_dryrun.md", "graphs_dryrun.json", "throughput_dryrun.json",
-                 "throughput_dryrun.md", "gpu_check_dryrun.md"):
+                 "throughput_dryrun.md", "foreign_sampler_dryrun.json", "gpu_check_dryrun.md"):
         assert (tmp_path / name).is_file(), name
     summary = (tmp_path / "gpu_check_dryrun.md").read_text()
     assert "| CUDA tests | " in summary and "0 failed" in summary and "iteration time pro-grpo-reward" in summary
+    assert "StepPruner calls' share" in summary
