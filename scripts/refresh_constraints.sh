@@ -13,6 +13,7 @@ venv=$(mktemp -d -t progrpo-refresh-XXXX)
 [[ ${KEEP_VENV:-0} == 1 ]] || trap 'rm -rf "$venv"' EXIT
 "$BASE_PYTHON" -m venv "$venv"
 python="$venv/bin/python"
+export PATH="$venv/bin:$PATH" PYTHON="$python"  # the tests start python/python3 subprocesses: this environment's
 echo "[refresh] fresh environment $venv: torch==$TORCH, everything else the newest allowed"
 "$python" -m pip install --disable-pip-version-check -q --upgrade pip
 "$python" -m pip install --disable-pip-version-check -q "torch==$TORCH"
