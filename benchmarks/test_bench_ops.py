@@ -81,7 +81,7 @@ def test_compact(benchmark, backend, device, shape, dtype):
     moved = int((keep != torch.arange(keep.numel(), device=device)).sum())
     row_bytes = x[0].numel() * x.element_size()
     benchmark.extra_info.update(op="compact_", bytes=2 * moved * row_bytes, shape=str(shape), dtype=str(dtype))
-    run(benchmark, lambda: ops.compact_(keep, x, backend=backend, check_values=False), device)
+    run(benchmark, lambda: ops.compact_(keep, x, backend=backend, check_values=False, as_tuple=False), device)
 
 
 @pytest.mark.parametrize("device", ["cpu"] + (["cuda"] if CUDA else []))

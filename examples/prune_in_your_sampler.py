@@ -38,7 +38,7 @@ for step in range(steps):
     if step == checkpoint:
         x0_hat = latents - sigma * v  # one-step clean estimate, already paid for
         survivors, var_all, var_kept = ops.prune_select(x0_hat, group_max, keep, grid=4, return_variance=True)
-        latents, prompt_embeds, trajectory_ids, v = ops.compact_(survivors, latents, prompt_embeds, trajectory_ids, v)
+        latents, prompt_embeds, trajectory_ids, v = ops.compact_(survivors, latents, prompt_embeds, trajectory_ids, v, as_tuple=True)
         print(f"step {step}: kept {latents.shape[0]} of {prompts * group_max} rows; "
               f"pooled x0_hat variance per group {fmt(var_all)} -> kept {fmt(var_kept)}")
     latents = latents + (sigma_next - sigma) * v  # Euler step on the survivors only

@@ -167,7 +167,7 @@ def test_compact_every_ascending_subset_of_8_rows(backend):
         index = torch.tensor([i for i in range(8) if mask >> i & 1], dtype=torch.int64, device=DEVICE)
         a, b, c = rows_of(3, 5, dtype=torch.float32), rows_of(2, dtype=torch.int64), rows_of(7, dtype=torch.bfloat16)
         expect = [t.clone()[index] for t in (a, b, c)]
-        views = ops.compact_(index, a, b, c, backend=backend)
+        views = ops.compact_(index, a, b, c, backend=backend, as_tuple=True)
         for view, want in zip(views, expect):
             assert torch.equal(view, want)
         assert views[0].untyped_storage().data_ptr() == a.untyped_storage().data_ptr()  # a view, in place
@@ -180,7 +180,7 @@ def test_compact_random_patterns(backend, dtype):
         x = (torch.randn(rows, *row_shape, generator=gen) * 50).to(DEVICE).to(dtype)
         keep = torch.randperm(rows, generator=gen)[: int(torch.randint(1, rows + 1, (), generator=gen))].sort().values.to(DEVICE)
         want = x[keep].clone()
-        assert torch.equal(ops.compact_(keep, x, backend=backend), want)
+        assert torch.equal(ops.compact_(keep, x, backend=backend, as_tuple=False), want)
 
 
 def test_compact_non_contiguous_tensor(backend):
@@ -188,7 +188,7 @@ def test_compact_non_contiguous_tensor(backend):
     x = base[:, ::2]
     index = torch.tensor([2, 5, 7], device=DEVICE)
     want = x[index].clone()
-    assert torch.equal(ops.compact_(index, x, backend=backend), want)
+    assert torch.equal(ops.compact_(index, x, backend=backend, as_tuple=False), want)
     assert torch.equal(base[:3, ::2], want)
 
 
@@ -210,13 +210,13 @@ def test_compact_non_contiguous_tensor(backend):
         (lambda: ops.variance_select(torch.randn(3, 4), 2), "features must have 3 dimensions"),
         (lambda: ops.pool_latents(torch.randn(3, 4, 4), 2), "x must have 4 or 5 dimensions"),
         (lambda: ops.group_variance(torch.randn(5, 2), 2), "not divisible"),
-        (lambda: ops.compact_(torch.tensor([0, 1.0]), torch.randn(4)), "index must be a 1-D int64"),
-        (lambda: ops.compact_(torch.tensor([2, 1]), torch.randn(4)), "strictly ascending"),
-        (lambda: ops.compact_(torch.tensor([0, 4]), torch.randn(4)), "strictly ascending"),
-        (lambda: ops.compact_(torch.tensor([0, 1, 2]), torch.randn(2)), "only 2 rows"),
+        (lambda: ops.compact_(torch.tensor([0, 1.0]), torch.randn(4), as_tuple=False), "index must be a 1-D int64"),
+        (lambda: ops.compact_(torch.tensor([2, 1]), torch.randn(4), as_tuple=False), "strictly ascending"),
+        (lambda: ops.compact_(torch.tensor([0, 4]), torch.randn(4), as_tuple=False), "strictly ascending"),
+        (lambda: ops.compact_(torch.tensor([0, 1, 2]), torch.randn(2), as_tuple=False), "only 2 rows"),
         (lambda: ops.compact_(torch.tensor([0]), torch.randn(4), torch.randn(3)), "share the batch"),
-        (lambda: ops.compact_(torch.tensor([0]), torch.empty(4, device="meta")), "is on meta"),
-        (lambda: ops.compact_(torch.tensor([0])), "at least one tensor"),
+        (lambda: ops.compact_(torch.tensor([0]), torch.empty(4, device="meta"), as_tuple=False), "is on meta"),
+        (lambda: ops.compact_(torch.tensor([0]), as_tuple=True), "at least one tensor"),
         (lambda: ops.prune_select(torch.randn(8, 4), 4, 2, backend="nope"), "backend must be one of"),
     ],
 )

@@ -409,7 +409,7 @@ def test_public_ops_dispatch_to_triton():
     ref = ops.prune_select(x, 4, 2, 2, return_variance=True, backend="torch")
     assert_greedy_matches((idx.view(3, 2) % 4).cpu(), (ref[0].view(3, 2) % 4).cpu(), R.features_of(x, 2).view(3, 4, -1))
     torch.testing.assert_close(var_all, ref[1], rtol=1e-4, atol=1e-6)
-    rows = ops.compact_(idx, x.clone(), backend="triton")
+    rows = ops.compact_(idx, x.clone(), backend="triton", as_tuple=False)
     assert rows.shape == (6, 2, 6, 6)
 
 

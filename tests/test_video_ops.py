@@ -71,7 +71,7 @@ def test_compact_moves_video_history_rows(backend):
     history = video((6, 4, 3, 5, 4, 4), torch.float32, seed=4)  # (n, T+1, C, F, H, W)
     before = history.clone()
     index = torch.tensor([1, 3, 4], device=DEVICE)
-    kept = ops.compact_(index, history, backend=backend)
+    kept = ops.compact_(index, history, backend=backend, as_tuple=False)
     assert kept.shape == (3, 4, 3, 5, 4, 4) and torch.equal(kept, before[index])
 
 

@@ -2,6 +2,9 @@
 // ascending). Since index[r] >= r, walking the rows in ascending order reads every row before
 // (or when) it is overwritten, so rows may overlap their destinations. Rows are copied as raw
 // bytes (any dtype); column chunks of a row run in parallel, each walking the rows in order.
+// The index is checked here (strictly ascending, inside every tensor's rows) before any byte
+// moves, so an index that skipped the Python-side value check raises instead of reading or
+// writing outside a tensor; on CPU that costs one pass over the index.
 #include <ATen/Parallel.h>
 
 #include <cstring>
@@ -15,6 +18,18 @@ void compact_(const at::Tensor& index, const std::vector<at::Tensor>& tensors) {
   constexpr int64_t kChunkBytes = 16384;
   const int64_t kept = index.numel();
   const int64_t* source_rows = index.const_data_ptr<int64_t>();
+  for (const at::Tensor& t : tensors) {
+    if (kept == 0 || t.numel() == 0) {
+      continue;
+    }
+    const int64_t rows = t.size(0);
+    for (int64_t r = 0; r < kept; ++r) {
+      TORCH_CHECK(source_rows[r] >= 0 && source_rows[r] < rows,
+                  "compact_: index must hold row numbers in [0, ", rows, "), got index[", r, "] = ", source_rows[r]);
+      TORCH_CHECK(r == 0 || source_rows[r] > source_rows[r - 1], "compact_: index must be strictly ascending, got index[",
+                  r - 1, "] = ", source_rows[r - 1], " then index[", r, "] = ", source_rows[r]);
+    }
+  }
   for (const at::Tensor& t : tensors) {
     if (kept == 0 || t.numel() == 0) {
       continue;

@@ -36,8 +36,8 @@ cudaError_t launch_select(const void* features, DType dtype, bool round_to_float
                           float* var_kept, cudaStream_t stream);
 
 // In place, for r < kept: row r = row index[r] (index strictly ascending) of `rows` rows of
-// row_bytes bytes each at data.
-cudaError_t launch_compact_rows(void* data, int64_t row_bytes, const int64_t* index, int64_t kept,
+// row_bytes bytes each at data. A source row outside [0, rows) fails a device-side assert.
+cudaError_t launch_compact_rows(void* data, int64_t row_bytes, int64_t rows, const int64_t* index, int64_t kept,
                                 cudaStream_t stream);
 
 }  // namespace progrpo_fast::cuda

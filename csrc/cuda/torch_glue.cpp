@@ -96,7 +96,7 @@ void compact_(const at::Tensor& index, const std::vector<at::Tensor>& tensors) {
     }
     t.unsafeGetTensorImpl()->bump_version();  // count the in-place write; raises before it if not allowed
     const int64_t row_bytes = static_cast<int64_t>(t.nbytes()) / t.size(0);
-    C10_CUDA_CHECK(launch_compact_rows(t.data_ptr(), row_bytes, index.const_data_ptr<int64_t>(), kept,
+    C10_CUDA_CHECK(launch_compact_rows(t.data_ptr(), row_bytes, t.size(0), index.const_data_ptr<int64_t>(), kept,
                                        current_stream()));
   }
 }

@@ -67,14 +67,14 @@ class PruneCallback:
                                  f"pass num_images_per_prompt={self.schedule.group_size_max}")
             index = ops.prune_select(self._unpacked(x0_hat), group, keep, self.grid, check_finite=False)
             self.kept = self.kept[index]
-            kwargs["latents"] = ops.compact_(index, latents, check_values=False)
+            kwargs["latents"] = ops.compact_(index, latents, check_values=False, as_tuple=False)
             for name in self.tensor_inputs[1:]:
                 value = kwargs[name]
                 if value is None:  # e.g. Wan's negative_prompt_embeds without CFG
                     continue
                 pairs = value.shape[0] // rows  # 2 under CFG: [negative; positive]
                 both = torch.cat([index + half * rows for half in range(pairs)])
-                kwargs[name] = ops.compact_(both, value, check_values=False)
+                kwargs[name] = ops.compact_(both, value, check_values=False, as_tuple=False)
         self.step_inputs = None
         if next_step == self.schedule.num_steps:
             self.close()

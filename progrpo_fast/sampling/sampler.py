@@ -278,8 +278,9 @@ class ExpandPruneSampler:
         record = PruneRecord(step, rows, selection.scores, ids[selection.index].view(-1, keep),
                              selection.variance_all, selection.variance_kept, kept_features)
         history = state.live("history")[:, : step + 1]
-        ops.compact_(selection.index.to(history.device), history, check_values=False)
-        ops.compact_(selection.index, state.live("log_probs"), ids, prompt_index, *state.live_cond().values(), check_values=False)
+        ops.compact_(selection.index.to(history.device), history, check_values=False, as_tuple=False)
+        ops.compact_(selection.index, state.live("log_probs"), ids, prompt_index, *state.live_cond().values(),
+                     check_values=False, as_tuple=True)
         state.rows, state.group = selection.index.shape[0], keep
         return record
 

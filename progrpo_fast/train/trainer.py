@@ -276,9 +276,9 @@ class Trainer:
         """Static OVF baseline: keep the exact max-variance K of each group's final rewards."""
         keep = self.schedule.final_group_size
         index = ops.prune_select(weighted, rollout.group_size, keep)
-        rollout.latents = ops.compact_(index.to(rollout.latents.device), rollout.latents)
+        rollout.latents = ops.compact_(index.to(rollout.latents.device), rollout.latents, as_tuple=False)
         rollout.log_probs, rollout.trajectory_ids, rollout.prompt_index, *values = ops.compact_(
-            index, rollout.log_probs, rollout.trajectory_ids, rollout.prompt_index, *rollout.cond.values())
+            index, rollout.log_probs, rollout.trajectory_ids, rollout.prompt_index, *rollout.cond.values(), as_tuple=True)
         rollout.cond = dict(zip(rollout.cond, values))
         rollout.group_size = keep
         return rollout, {k: v[index] for k, v in components.items()}, weighted[index]
