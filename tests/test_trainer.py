@@ -308,6 +308,7 @@ def _worker(rank, world, port, out_dir, queue, overrides, resume):
     torch.set_num_threads(1)
     summary = train(config(out_dir, *overrides), resume=resume, model=model(), reward=Brightness())
     queue.put((rank, summary["history"][-1]["reward_mean"], torch.distributed.get_rank()))
+    torch.distributed.barrier()  # rank 0 hosts the store: no rank tears down while the other still talks to it
     torch.distributed.destroy_process_group()
 
 
