@@ -40,10 +40,11 @@ from types import SimpleNamespace
 
 import torch
 
+from progrpo_fast.ops._checks import check_int_index, describe
 from progrpo_fast.sampling.proxies import Checkpoint, HiddenProbeProxy, LatentProxy, Selection
 from progrpo_fast.sampling.sampler import DeviceTimer, PruneRecord
 from progrpo_fast.sampling.schedule import PruneSchedule
-from progrpo_fast.sampling.sde import seed_tensor
+from progrpo_fast.sampling.sde import per_row, seed_tensor
 
 __all__ = ["PruneStep", "StepPruner", "keyed_generators", "keyed_seed"]
 
@@ -155,7 +156,7 @@ class StepPruner:
             if velocity is None or sigma is None:
                 raise ValueError(f"pruner.step({step_index}, ...) prunes: pass x0_hat= (the sampler's clean estimate) "
                                  "or velocity= and sigma= (flow models: x0_hat = latents - sigma * velocity)")
-            x0_hat = latents.float() - _per_row(sigma, latents) * velocity.float()
+            x0_hat = latents.float() - per_row(sigma, latents, "sigma") * velocity.float()
         if self.timer is None:
             self.timer = DeviceTimer(latents.device)
         with self.timer.interval():
@@ -268,17 +269,10 @@ class _Narrow:
 
 
 def _check_ids(ids, rows: int, name: str) -> torch.Tensor:
-    if not isinstance(ids, torch.Tensor) or ids.dim() != 1 or ids.dtype != torch.int64 or ids.shape[0] != rows:
-        raise ValueError(f"{name} must be a (B,) = ({rows},) int64 tensor, got {getattr(ids, 'dtype', type(ids).__name__)} "
-                         f"{tuple(getattr(ids, 'shape', ()))}")
+    check_int_index(name, ids, 1)
+    if ids.shape[0] != rows:
+        raise ValueError(f"{name} must have one id per row ({rows},), got {describe(ids)}")
     return ids
-
-
-def _per_row(sigma, x: torch.Tensor):
-    if not isinstance(sigma, torch.Tensor):
-        return float(sigma)
-    sigma = sigma.to(x.device, torch.float32)
-    return sigma.view(-1, *[1] * (x.dim() - 1)) if sigma.dim() == 1 else sigma
 
 
 _MASK64 = (1 << 64) - 1

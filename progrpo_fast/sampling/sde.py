@@ -56,7 +56,7 @@ class StepOutput(NamedTuple):
     x0_hat: torch.Tensor
 
 
-def _per_row(value, x: torch.Tensor, name: str) -> torch.Tensor:
+def per_row(value, x: torch.Tensor, name: str) -> torch.Tensor:
     """A float, 0-dim or (B,) schedule value -> fp32 (B, 1, ..., 1) on x's device."""
     value = torch.as_tensor(value, dtype=torch.float32, device=x.device)
     if value.dim() == 0:
@@ -117,7 +117,7 @@ def flow_sde_step(x, v, sigma, sigma_next, *, eta: float = 0.7, eps=None, x_next
     """
     _check_pair(x, v, "v")
     x, v = x.float(), v.float()
-    sigma, sigma_next = _per_row(sigma, x, "sigma"), _per_row(sigma_next, x, "sigma_next")
+    sigma, sigma_next = per_row(sigma, x, "sigma"), per_row(sigma_next, x, "sigma_next")
     dt = sigma_next - sigma
     one_minus_sigma = 1 - torch.where(sigma == 1, sigma_next, sigma)
     s = eta * torch.sqrt(sigma / one_minus_sigma)
@@ -136,7 +136,7 @@ def flow_cps_step(x, v, sigma, sigma_next, *, eta: float = 0.7, eps=None, x_next
     """
     _check_pair(x, v, "v")
     x, v = x.float(), v.float()
-    sigma, sigma_next = _per_row(sigma, x, "sigma"), _per_row(sigma_next, x, "sigma_next")
+    sigma, sigma_next = per_row(sigma, x, "sigma"), per_row(sigma_next, x, "sigma_next")
     std = sigma_next * math.sin(eta * math.pi / 2)
     x0_hat = x - sigma * v
     x1_hat = x + (1 - sigma) * v
@@ -154,7 +154,7 @@ def ddim_step(x, eps_hat, alpha, alpha_prev, *, eta: float = 1.0, eps=None, x_ne
     """
     _check_pair(x, eps_hat, "eps_hat")
     x, eps_hat = x.float(), eps_hat.float()
-    a_t, a_prev = _per_row(alpha, x, "alpha"), _per_row(alpha_prev, x, "alpha_prev")
+    a_t, a_prev = per_row(alpha, x, "alpha"), per_row(alpha_prev, x, "alpha_prev")
     x0_hat = (x - torch.sqrt(1 - a_t) * eps_hat) / torch.sqrt(a_t)
     std = eta * torch.sqrt((1 - a_prev) / (1 - a_t)) * torch.sqrt(1 - a_t / a_prev)
     mean = torch.sqrt(a_prev) * x0_hat + torch.sqrt((1 - a_prev - std**2).clamp_min(0)) * eps_hat
