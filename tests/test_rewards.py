@@ -1,5 +1,6 @@
 """Rewards: weight-free ones, model rewards on tiny random-weight models built from configs, saved
 to a tmp folder and loaded back through the real loading code, weighted sums, checks, HTTP."""
+import contextlib
 import json
 import math
 import socket
@@ -436,33 +437,31 @@ def test_http_loopback_only():
         build_reward("http")
 
 
-def test_http_server_command():
-    process = subprocess.Popen([sys.executable, "-m", "progrpo_fast.rewards.http", "--reward", "jpeg_incompressibility", "--port", "0"],
+@contextlib.contextmanager
+def served(command: list[str], reward: str):
+    """Starts a reward server command on a free loopback port; yields its URL; stops it."""
+    process = subprocess.Popen([sys.executable, "-m", *command, "--reward", reward, "--port", "0"],
                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         line = process.stdout.readline()
-        assert line.startswith("serving reward 'jpeg_incompressibility' at http://127.0.0.1:"), line + process.stderr.read()
-        url = line.split(" at ")[1].split()[0]
-        images = smooth_images(2)
-        assert torch.equal(HTTPReward(url, timeout=10)(images, ["a", "b"]), build_reward("jpeg_incompressibility")(images, ["a", "b"]))
+        assert line.startswith(f"serving reward '{reward}' at http://127.0.0.1:"), line + process.stderr.read()
+        yield line.split(" at ")[1].split()[0]
     finally:
         process.terminate()
         process.wait(timeout=10)
+
+
+def test_http_server_command():
+    with served(["progrpo_fast.rewards.http"], "jpeg_incompressibility") as url:
+        images = smooth_images(2)
+        assert torch.equal(HTTPReward(url, timeout=10)(images, ["a", "b"]), build_reward("jpeg_incompressibility")(images, ["a", "b"]))
 
 
 def test_cli_serves_a_task_reward():
     """`progrpo-fast serve-reward` knows the tasks' rewards too (rewards itself knows no task)."""
     from progrpo_fast.tasks import ShapesScore, caption, sample_scene
 
-    process = subprocess.Popen([sys.executable, "-m", "progrpo_fast", "serve-reward", "--reward", "shapes", "--port", "0"],
-                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    try:
-        line = process.stdout.readline()
-        assert line.startswith("serving reward 'shapes' at http://127.0.0.1:"), line + process.stderr.read()
-        url = line.split(" at ")[1].split()[0]
+    with served(["progrpo_fast", "serve-reward"], "shapes") as url:
         images = smooth_images(2)
         prompts = [caption(sample_scene(i)) for i in range(2)]
         assert torch.equal(HTTPReward(url, timeout=10)(images, prompts), ShapesScore()(images, prompts))
-    finally:
-        process.terminate()
-        process.wait(timeout=10)
