@@ -145,11 +145,17 @@ def main(argv: list[str] | None = None) -> int:
         for key, value in rows.items():
             print(f"{key:<{width}}  {value}")
         return 0
+    from progrpo_fast.train.checkpoint import DiskFullError
+    from progrpo_fast.train.trainer import DivergedError
+
     try:
         return {"train": command_train, "sample": command_sample}[args.command](args)
     except ValueError as err:
         print(f"progrpo-fast {args.command}: error: {err}", file=sys.stderr)
         return 2
+    except (DivergedError, DiskFullError) as err:
+        print(f"progrpo-fast {args.command}: error: {err}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

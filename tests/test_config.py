@@ -184,7 +184,7 @@ def test_missing_model_path_says_how_to_fix_it(tmp_path):
         apply_overrides(config, [f"model.path={tmp_path / 'nowhere'}"]).validate()
     with raises(r"holds no model_index\.json"):
         apply_overrides(config, [f"model.path={tmp_path}"]).validate()
-    (tmp_path / "model_index.json").write_text("{}")
+    (tmp_path / "model_index.json").write_text('{"_class_name": "StableDiffusion3Pipeline"}')
     apply_overrides(config, [f"model.path={tmp_path}"]).validate()
 
 
@@ -238,7 +238,7 @@ def test_shapes_preset_is_the_builtin_default_and_trains_as_is():
 def test_gpu_presets_need_a_model_path_at_load_time(tmp_path):
     with raises(r"'model\.path' is required for model\.kind='sd3'"):
         load_config("sd35m_pickscore", [])
-    (tmp_path / "model_index.json").write_text("{}")
+    (tmp_path / "model_index.json").write_text('{"_class_name": "StableDiffusion3Pipeline"}')
     prompts = tmp_path / "prompts.txt"
     prompts.write_text("a photo of a cat\n")
     config = load_config("sd35m_pickscore", [f"model.path={tmp_path}", f"prompts.source={prompts}"])

@@ -3,13 +3,11 @@
 schedule of FLUX / Qwen-Image."""
 from __future__ import annotations
 
-import json
-from pathlib import Path
-
 import numpy as np
 import torch
 from diffusers.pipelines.flux.pipeline_flux import calculate_shift
 
+from progrpo_fast.models.pipeline_folder import read_model_index
 from progrpo_fast.models.schedules import flow_sigmas
 
 
@@ -34,12 +32,7 @@ class PipelineDenoiser:
     @classmethod
     def from_pretrained(cls, path, *, device="cpu", dtype=torch.float32, **adapter_kwargs):
         """Loads the pipeline from a local diffusers folder (model_index.json + parts)."""
-        if not (Path(path) / "model_index.json").is_file():
-            raise ValueError(
-                f"model path {str(path)!r} is not a local diffusers pipeline folder (no model_index.json); "
-                "download the model once with `huggingface-cli download` or `pipe.save_pretrained(path)` and pass that folder"
-            )
-        index = json.loads((Path(path) / "model_index.json").read_text())
+        index = read_model_index(path)
         absent = {name: None for name, value in index.items() if isinstance(value, list) and value[0] is None}  # e.g. SD3 without T5
         pipe = cls.pipeline_class.from_pretrained(str(path), dtype=dtype, local_files_only=True, **absent)
         return cls(pipe.to(device), **adapter_kwargs)

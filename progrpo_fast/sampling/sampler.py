@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import math
 import time
 from dataclasses import dataclass, field
 
@@ -220,6 +221,12 @@ class ExpandPruneSampler:
         """Per-row conditioning, G_max consecutive rows per prompt (host work: tokenization)."""
         return repeat_rows(self.model.encode(prompts), self.schedule.group_size_max)
 
+    def history_bytes(self, num_prompts: int) -> int:
+        """Bytes of one rollout's recorded trajectories on history_device:
+        num_prompts * G_max * (T + 1) * prod(latent_shape) * element size of history_dtype."""
+        per_step = math.prod(self.model.latent_shape()) * self.history_dtype.itemsize
+        return num_prompts * self.schedule.group_size_max * (self.schedule.num_steps + 1) * per_step
+
     def new_state(self, num_prompts: int, cond: dict[str, torch.Tensor]) -> RowState:
         """Freshly allocated per-row state for ``num_prompts`` prompts holding ``cond``."""
         device, steps = self.model.device, self.schedule.num_steps
@@ -292,6 +299,23 @@ class ExpandPruneSampler:
         return Rollout(list(prompts), take(state.live("history")), take(state.live("log_probs")), take(state.live("trajectory_ids")),
                        take(state.live("prompt_index")), {name: take(value) for name, value in state.live_cond().items()},
                        self.stepper.timesteps, state.group, seed, self.schedule.trajectory_steps(len(prompts)), records, timer)
+
+
+def available_memory(device: torch.device) -> int | None:
+    """Bytes that can still be allocated on ``device``: the CUDA device's free memory, the host's
+    MemAvailable (Linux /proc/meminfo); None where unknown."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        return torch.cuda.mem_get_info(device)[0]
+    if device.type == "cpu":
+        try:
+            with open("/proc/meminfo") as f:
+                for line in f:
+                    if line.startswith("MemAvailable:"):
+                        return int(line.split()[1]) * 1024
+        except OSError:
+            return None
+    return None
 
 
 def check_prompts(prompts) -> None:

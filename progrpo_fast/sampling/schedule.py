@@ -18,6 +18,7 @@ from progrpo_fast.ops._checks import is_int
 
 __all__ = ["PruneSchedule"]
 
+MAX_SIZE = 2**31 - 1  # rows and steps index int32 buffers in the kernels
 _STRING_FORM = re.compile(r"^\s*(\d+)\s*(?::\s*(\d+\s*=\s*\d+(?:\s*,\s*\d+\s*=\s*\d+)*))?\s*@\s*(\d+)\s*$")
 
 
@@ -39,6 +40,10 @@ class PruneSchedule:
 
     def validate(self) -> None:
         """Raises ValueError naming the offending field and what is expected."""
+        for name in ("num_steps", "group_size_max"):
+            value = getattr(self, name)
+            if is_int(value) and value > MAX_SIZE:
+                raise ValueError(f"{name} must be <= {MAX_SIZE} (a tensor dimension), got {value}")
         if not is_int(self.num_steps) or self.num_steps < 1:
             raise ValueError(f"num_steps must be a positive int, got {self.num_steps!r}")
         if not is_int(self.group_size_max) or self.group_size_max < 1:
@@ -54,7 +59,7 @@ class PruneSchedule:
             raise ValueError(f"checkpoints must be strictly ascending, got {self.checkpoints}")
         previous = self.group_size_max
         for k in self.keep:
-            if not is_int(k) or not 1 <= k < previous:
+            if not is_int(k) or not 1 <= k < previous:  # k < previous <= MAX_SIZE
                 raise ValueError("keep must be strictly decreasing ints, each >= 1 and < the group size before it "
                                  f"(starting from group_size_max={self.group_size_max}), got {k!r} in {self.keep}")
             previous = k

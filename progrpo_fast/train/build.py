@@ -4,7 +4,6 @@ the shapes task's fixed caption pool)."""
 from __future__ import annotations
 
 import random
-from pathlib import Path
 
 import torch
 
@@ -73,7 +72,10 @@ def build_prompts(config, stream: int = TRAIN_PROMPT_STREAM, use_pool: bool = Tr
             return [moving_caption(sample_moving_scene(gen)) for _ in range(count)]
 
         return moving_shapes_prompts
-    lines = [line.strip() for line in Path(config.prompts.source).read_text().splitlines() if line.strip()]
+    from progrpo_fast.train.config import read_text_file
+
+    text = read_text_file(config.prompts.source, "config key 'prompts.source'")
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
     if not lines:
         raise ValueError(f"prompts.source={config.prompts.source!r} holds no prompt (one per line expected)")
 

@@ -13,18 +13,20 @@ States must hold tensors and plain Python containers and scalars only: they are 
 """
 from __future__ import annotations
 
+import errno
 import hashlib
 import logging
 import os
 import random
 import re
+import shutil
 import uuid
 from pathlib import Path
 
 import numpy as np
 import torch
 
-__all__ = ["CheckpointStore", "CorruptCheckpointError", "capture_rng_state", "restore_rng_state"]
+__all__ = ["CheckpointStore", "CorruptCheckpointError", "DiskFullError", "capture_rng_state", "raise_if_disk_full", "restore_rng_state"]
 
 logger = logging.getLogger(__name__)
 
@@ -35,6 +37,26 @@ CHUNK_BYTES = 1 << 20
 
 class CorruptCheckpointError(RuntimeError):
     """A checkpoint file that is incomplete, modified or unreadable."""
+
+
+class DiskFullError(OSError):
+    """A write that failed because its filesystem is full (ENOSPC) or over quota (EDQUOT)."""
+
+
+def raise_if_disk_full(err: BaseException, path: Path, what: str) -> None:
+    """DiskFullError naming ``path`` and the free space when ``err`` or an exception it chains
+    (torch.save reports a full disk as "unexpected pos ...", caused by the OSError) is ENOSPC/EDQUOT."""
+    seen = err
+    while seen is not None and not (isinstance(seen, OSError) and seen.errno in (errno.ENOSPC, errno.EDQUOT)):
+        seen = seen.__cause__ or seen.__context__
+    if seen is None:
+        return
+    try:
+        free = f"{shutil.disk_usage(path.parent).free / 2**20:.0f} MiB free there now"
+    except OSError:
+        free = "free space unknown"
+    raise DiskFullError(seen.errno, f"no space left on the device while writing {what} {path} ({free}); what was written before is "
+                                    "intact: free disk space or point log.out_dir at a larger disk, then continue with --resume") from err
 
 
 class _HashingWriter:
@@ -104,8 +126,9 @@ class CheckpointStore:
                 f.flush()
                 os.fsync(f.fileno())
             os.replace(temporary, target)
-        except BaseException:
+        except BaseException as err:
             temporary.unlink(missing_ok=True)
+            raise_if_disk_full(err, target, "the checkpoint file")
             raise
         _fsync_directory(self.directory)
         return result

@@ -32,6 +32,7 @@ from typing import Literal
 
 import yaml
 
+from progrpo_fast.models.pipeline_folder import read_model_index
 from progrpo_fast.ops._checks import is_int
 from progrpo_fast.sampling.schedule import PruneSchedule
 from progrpo_fast.sampling.stepper import FLOW_METHODS
@@ -361,6 +362,23 @@ def _coerce(value, tp, key: str):
     raise TypeError(f"unsupported config field type {tp!r} for '{key}'")
 
 
+def read_text_file(path: str | Path, what: str) -> str:
+    """The UTF-8 text of ``path``; a ValueError naming ``what`` and the file when it is binary
+    (holds NUL bytes) or not UTF-8, or cannot be read."""
+    try:
+        data = Path(path).expanduser().read_bytes()
+    except OSError as err:
+        raise ValueError(f"{what}: cannot read {str(path)!r}: {err.strerror or err}") from None
+    if b"\0" in data:
+        raise ValueError(f"{what}: {str(path)!r} is a binary file (it holds NUL bytes); a UTF-8 text file is expected")
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as err:
+        line = data[:err.start].count(b"\n") + 1
+        raise ValueError(f"{what}: {str(path)!r} is not UTF-8 text (byte 0x{data[err.start]:02x} on line {line}); "
+                         "save it as UTF-8") from None
+
+
 def _unknown(kind: str, name: str, valid: list[str], where: str) -> ValueError:
     close = difflib.get_close_matches(name.rsplit(".", 1)[-1], valid, n=1)
     suggestion = f" (did you mean '{close[0]}'?)" if close else ""
@@ -456,6 +474,10 @@ class Config:
             schedule = PruneSchedule.from_string(samp.schedule)
         except ValueError as err:
             raise ValueError(f"config key 'sampler.schedule' is invalid: {err}") from None
+        if schedule.final_group_size < 2:
+            raise ValueError(f"config key 'sampler.schedule' ends with a group of {schedule.final_group_size} row per prompt "
+                             f"({samp.schedule!r}): GRPO's advantages compare the rows of a group, so every advantage would be 0 and "
+                             "nothing would train; keep >= 2 rows per prompt at the end (e.g. '16:2=8,3=4@5' or '4@5')")
         kind = MODEL_KINDS[model.kind]
         if not kind.flow and samp.method != "ddim":
             raise ValueError(f"model.kind={model.kind!r} is a diffusion (epsilon) model and samples with DDIM only: "
@@ -489,6 +511,9 @@ class Config:
                                  f"not {model.kind!r}: set it to null")
         if not reward.weights:
             raise ValueError("config key 'reward.weights' must name at least one reward, e.g. reward.weights={shapes: 1.0}")
+        if not any(reward.weights.values()):
+            raise ValueError(f"config key 'reward.weights' has only zero weights ({reward.weights}): the trained reward would be 0 "
+                             "for every image and nothing would train; give at least one reward a non-zero weight")
         if "http" in reward.weights and not reward.http_url:
             raise ValueError("reward.weights uses the 'http' reward but reward.http_url is not set: pass reward.http_url=http://HOST:PORT/PATH")
         if reward.http_url is not None and not reward.http_url.startswith(("http://", "https://")):
@@ -519,6 +544,10 @@ class Config:
             if not (path / "model_index.json").is_file():
                 raise ValueError(f"config key 'model.path': {model.path!r} holds no model_index.json, "
                                  "so it is not a diffusers pipeline folder (save one with pipeline.save_pretrained)")
+            try:
+                read_model_index(path)
+            except ValueError as err:
+                raise ValueError(f"config key 'model.path': {err}") from None
         for name, reward_path in self.reward.paths.items():
             if not Path(reward_path).expanduser().exists():
                 raise ValueError(f"config key 'reward.paths.{name}': {reward_path!r} does not exist")
@@ -528,7 +557,7 @@ class Config:
             if not path.is_file():
                 raise ValueError(f"config key 'prompts.source': no prompt file {source!r}; "
                                  "give a text file with one prompt per line, or 'shapes' for the task's caption sampler")
-            if not any(line.strip() for line in path.read_text(encoding="utf-8").splitlines()):
+            if not any(line.strip() for line in read_text_file(path, "config key 'prompts.source'").splitlines()):
                 raise ValueError(f"config key 'prompts.source': the prompt file {source!r} holds no prompt (it is empty or blank); "
                                  "one prompt per line is expected")
 
@@ -558,7 +587,7 @@ def _read_yaml(path: Path, seen: tuple[Path, ...]) -> dict:
     if path in seen:
         raise ValueError(f"config 'extends' cycle: {' -> '.join(str(p) for p in (*seen, path))}")
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+        data = yaml.safe_load(read_text_file(path, "config file"))
     except yaml.YAMLError as err:
         raise ValueError(f"config file {path} is not valid YAML: {err}") from None
     data = {} if data is None else data

@@ -11,6 +11,7 @@ from pathlib import Path
 from progrpo_fast.train.build import build_model, build_prompts, build_reward
 from progrpo_fast.train.checkpoint import CheckpointStore
 from progrpo_fast.train.evaluate import evaluation_summary, evaluations
+from progrpo_fast.train.outputs import prepare_output_dirs
 from progrpo_fast.train.report import evaluation_curves, plot_reward_curve, save_before_after, trajectory_step_savings
 from progrpo_fast.train.trainer import Distributed, Trainer, write_jsonl
 
@@ -76,8 +77,7 @@ def train(config, resume: bool = False, model=None, reward=None) -> dict:
     from tqdm import tqdm
 
     dist = Distributed.from_environment(config.train.parallel)
-    out_dir = Path(config.log.out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    out_dir, _ = prepare_output_dirs(config)
     model = model or build_model(config.model)
     reward = reward or build_reward(config)
     trainer = Trainer(config, model, reward, build_prompts(config), dist)

@@ -12,6 +12,7 @@ import json
 import math
 import os
 from dataclasses import dataclass
+from pathlib import Path
 from typing import NamedTuple
 
 import torch
@@ -20,7 +21,7 @@ from progrpo_fast import ops
 from progrpo_fast.sampling.denoiser import decode_rows
 from progrpo_fast.sampling.graphs import build_sampler
 from progrpo_fast.sampling.proxies import build_proxy
-from progrpo_fast.sampling.sampler import Rollout, synchronized_clock
+from progrpo_fast.sampling.sampler import Rollout, available_memory, synchronized_clock
 from progrpo_fast.sampling.schedule import PruneSchedule
 from progrpo_fast.train.grpo import group_advantages, kl_to_reference, policy_loss, weighted_group_advantages
 
@@ -125,6 +126,31 @@ class LogProbDrift:
                 f"{prefix}ratio_abs_error_max": float(self.ratio_error)}
 
 
+class DivergedError(RuntimeError):
+    """Training produced non-finite values (loss, gradients, weights or samples): the run stops at
+    ``iteration``; checkpoints from before it hold the last finite weights."""
+
+    def __init__(self, iteration: int, what: str, lr: float):
+        self.iteration = iteration
+        super().__init__(f"training diverged at iteration {iteration}: {what} (train.lr={lr:g}); the run stopped there, and its "
+                         "checkpoints hold only weights from before it: continue with --resume and a lower train.lr "
+                         "(or a smaller train.grad_clip or a larger train.beta_kl), or start again")
+
+
+def check_history_fits(sampler, num_prompts: int) -> None:
+    """ValueError naming the config keys when one rollout's recorded trajectories
+    (sampler.history_bytes) exceed the memory available on the history's device."""
+    needed, free = sampler.history_bytes(num_prompts), available_memory(sampler.history_device)
+    if free is None or needed <= free:
+        return
+    schedule = sampler.schedule
+    raise ValueError(
+        f"one rollout's trajectory history needs {needed / 2**20:,.0f} MiB ({num_prompts} prompts x G_max {schedule.group_size_max} rows x "
+        f"{schedule.num_steps + 1} latents of {tuple(sampler.model.latent_shape())} in {sampler.history_dtype}) "
+        f"but {sampler.history_device} has {free / 2**20:,.0f} MiB available: lower G_max in sampler.schedule "
+        f"({schedule}) or sampler.prompts_per_iteration, or set sampler.history_dtype=bf16 or sampler.history_device=cpu")
+
+
 class Trainer:
     """config: progrpo_fast.train.config.Config; model: a Denoiser adapter (its ``network`` is
     trained); reward: a WeightedReward; prompts(iteration, rank, count) -> list of prompts."""
@@ -137,6 +163,7 @@ class Trainer:
         sample_schedule = PruneSchedule.naive(self.schedule.group_size_max, self.schedule.num_steps) if samp.static_ovf else self.schedule
         self.proxy = build_proxy(samp.proxy, reward=reward, network=model.network, grid=samp.grid, batch_size=samp.forward_rows)
         self.sampler = build_sampler(model, sample_schedule, samp, self.proxy, sharded=self.dist.sharded)
+        check_history_fits(self.sampler, samp.prompts_per_iteration)
         if not self.trainable_steps:
             raise ValueError(f"sampler.method={samp.method!r} with eta={samp.eta} adds no noise before the last step: nothing to train "
                              f"(GRPO needs stochastic steps: use method sde, cps or ddim with eta > 0)")
@@ -250,6 +277,7 @@ class Trainer:
         start = synchronized_clock(device)
         stats = self._update(rollout, advantages.to(device))
         timings["train_s"] = synchronized_clock(device) - start
+        self._check_finite_update(stats, rollout, iteration)
         if self.ema is not None:
             self._update_ema()
         self.iteration += 1
@@ -271,6 +299,31 @@ class Trainer:
             metrics["proxy_var_kept_over_all"] = float(torch.stack([(r.variance_kept / r.variance_all.clamp_min(1e-12)).mean()
                                                                     for r in rollout.prune_log]).mean())
         return self._reduce(metrics)
+
+    def on_every_rank(self, flag: bool) -> bool:
+        """True when ``flag`` holds on every rank (one all-reduce with several processes), so all
+        ranks take the same branch."""
+        if self.dist.world_size == 1:
+            return flag
+        value = torch.tensor(float(flag), device=self.model.device)
+        self.dist.average_([value])
+        return bool(value == 1)
+
+    @torch.no_grad()
+    def _check_finite_update(self, stats: dict, rollout: Rollout, iteration: int) -> None:
+        """DivergedError when the update's loss or gradient norm, the updated weights (each rank
+        checks its shards) or the network's output with them (the rollout's first row at the first
+        trained step: one forward pass) are not finite on some rank; so no checkpoint ever holds
+        weights that sample NaN."""
+        local = [p.to_local() if self.dist.sharded else p for p in self.parameters]
+        step, row = self.trained_steps(iteration)[0], torch.zeros(1, dtype=torch.long, device=self.model.device)
+        x, _ = recorded_transition(rollout, row, step)
+        with self.autocast():
+            output = self.model.predict(x, self.sampler.stepper.timesteps[step], {name: value[row] for name, value in rollout.cond.items()})
+        finite = math.isfinite(stats["loss"]) and math.isfinite(stats["grad_norm"]) and bool(ops.all_finite(*local, output))
+        if not self.on_every_rank(finite):
+            raise DivergedError(self.iteration, f"after the update (loss {stats['loss']:.3g}, gradient norm {stats['grad_norm']:.3g}) "
+                                "the weights or the network's output are not finite", self.config.train.lr)
 
     def _static_ovf(self, rollout: Rollout, components, weighted):
         """Static OVF baseline: keep the exact max-variance K of each group's final rewards."""
@@ -445,5 +498,13 @@ def recorded_transition(rollout: Rollout, rows: torch.Tensor, step: int) -> tupl
 
 
 def write_jsonl(path, record: dict) -> None:
-    with open(path, "a") as f:
-        f.write(json.dumps(record) + "\n")
+    """Appends ``record`` as one JSON line (a full disk: DiskFullError naming the file; a torn
+    last line is dropped on resume)."""
+    from progrpo_fast.train.checkpoint import raise_if_disk_full
+
+    try:
+        with open(path, "a") as f:
+            f.write(json.dumps(record) + "\n")
+    except OSError as err:
+        raise_if_disk_full(err, Path(path), "the log")
+        raise
