@@ -106,7 +106,8 @@ def main(argv: list[str] | None = None) -> int:
     commands.add_parser("info", help="print versions, device and which op backends loaded")
     commands.add_parser("bench", add_help=False,
                         help="benchmarks against naive GRPO: progrpo-fast bench NAME (progrpo-fast bench -h lists them)")
-    commands.add_parser("serve-reward", add_help=False, help="serve a reward over HTTP, the tasks' rewards included (serve-reward -h)")
+    commands.add_parser("serve-reward", add_help=False,
+                        help="serve a reward over HTTP to trainers on this or other nodes, the tasks' rewards included (serve-reward -h)")
     train = commands.add_parser("train", help="train with (Pro-)GRPO; default: the built-in shapes task")
     add_config_arguments(train)
     train.add_argument("--resume", action="store_true", help="continue from the newest valid checkpoint in log.out_dir")
@@ -127,12 +128,12 @@ def main(argv: list[str] | None = None) -> int:
             print(f"progrpo-fast bench: error: {err}", file=sys.stderr)
             return 2
     if argv[:1] == ["serve-reward"]:
-        from progrpo_fast.rewards.http import main as serve
+        from progrpo_fast.rewards.service import main as serve
         from progrpo_fast.train.reward_registry import REWARDS
 
         try:
             serve(argv[1:], registry=REWARDS, prog="progrpo-fast serve-reward")
-        except ValueError as err:
+        except (ValueError, ImportError) as err:
             print(f"progrpo-fast serve-reward: error: {err}", file=sys.stderr)
             return 2
         return 0

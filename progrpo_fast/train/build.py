@@ -3,6 +3,7 @@ weighted reward (through train.reward_registry) and the prompt sources (training
 the shapes task's fixed caption pool)."""
 from __future__ import annotations
 
+import os
 import random
 
 import torch
@@ -34,13 +35,28 @@ def build_reward(config):
         kwargs = {}
         if name in config.reward.paths:
             kwargs["path"] = config.reward.paths[name]
-        if name == "http":
-            kwargs["url"] = config.reward.http_url
+        kwargs.update(service_options(config.reward, name))
         reward = make(name, **kwargs)
         if MODEL_KINDS[config.model.kind].video and not reward.accepts_video:
             reward = FrameReward(reward, config.reward.frame_stride)
         rewards[name] = reward
     return WeightedReward(dict(config.reward.weights), rewards)
+
+
+def service_options(reward_cfg, name: str) -> dict:
+    """The keyword arguments of a service reward ("http", "vlm_judge") from config.reward, its token
+    read from the environment variable the config names; {} for other rewards."""
+    if name not in ("http", "vlm_judge"):
+        return {}
+    token_env = reward_cfg.http_token_env if name == "http" else reward_cfg.vlm_token_env
+    options = {"timeout_s": reward_cfg.http_timeout_s, "retries": reward_cfg.http_retries, "backoff_s": reward_cfg.http_backoff_s,
+               "max_response_bytes": reward_cfg.http_max_response_bytes, "token": os.environ.get(token_env or "") or None}
+    if name == "http":
+        return {"url": reward_cfg.http_url, **options}
+    judge = {"template": reward_cfg.vlm_template, "score_regex": reward_cfg.vlm_score_regex}
+    return {"url": reward_cfg.vlm_url, "model": reward_cfg.vlm_model, "score_range": reward_cfg.vlm_score_range,
+            "concurrency": reward_cfg.vlm_concurrency, "max_tokens": reward_cfg.vlm_max_tokens, **options,
+            **{key: value for key, value in judge.items() if value is not None}}
 
 
 TRAIN_PROMPT_STREAM, EVAL_PROMPT_STREAM, POOL_STREAM = 100, 1000, 3000

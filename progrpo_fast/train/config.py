@@ -162,15 +162,49 @@ class RewardConfig:
     aggregation: "sum" (advantages of the weighted reward) or "per_reward" (weighted sum of
         each reward's group advantages).
     paths: reward name -> local model path (checkpoint or folder) for rewards that load a model.
-    http_url: endpoint of the "http" reward (a remote scorer), None when unused.
+    http_url: the "http" reward's service (``progrpo-fast serve-reward``), http(s)://HOST:PORT;
+        replicas comma-separated (failover, round robin); None when unused.
+    http_timeout_s: total deadline of one request to a service ("http": a batch, "vlm_judge": an
+        image), every retry and pause included.
+    http_retries: further rounds over the replicas after each failed once (connection errors,
+        timeouts, 429, 5xx; a 4xx or bad reply fails at once).
+    http_backoff_s: pause before retry round r: http_backoff_s * 2**(r - 1), plus up to 25% jitter.
+    http_max_response_bytes: replies over this are refused (reading stops there).
+    http_token_env: environment variable holding the "http" service's token (sent as
+        ``Authorization: Bearer``; unset or empty: none). The token itself never enters a config.
+    vlm_url: the "vlm_judge" reward's OpenAI-compatible server (vLLM, SGLang), http(s)://HOST:PORT
+        (or .../v1); replicas comma-separated; None when unused.
+    vlm_model: the model name that server serves (as in GET /v1/models).
+    vlm_template: the question asked with each image, {prompt} standing for its prompt; None: the
+        built-in 0-10 rating question (rewards.vlm.DEFAULT_TEMPLATE).
+    vlm_score_regex: where the score is in the reply: the first match (its first group if any);
+        None: the first number.
+    vlm_score_range: (low, high) the score must lie in; the reward is (score - low) / (high - low).
+    vlm_concurrency: judge requests in flight at once.
+    vlm_max_tokens: reply length limit of the judge.
+    vlm_token_env: environment variable holding the judge server's API key (vllm serve --api-key).
     frame_stride: video models: image rewards score every frame_stride-th frame, averaged
         (video rewards, e.g. temporal_consistency and moving_shapes, see whole videos).
     """
 
+    _env_name = optional((lambda v: v.isascii() and v.isidentifier(), "an environment variable name like PROGRPO_FAST_REWARD_TOKEN"))
     weights: dict[str, float] = option({"shapes": 1.0})
     aggregation: Literal["sum", "per_reward"] = option("sum")
     paths: dict[str, str] = option({})
     http_url: str | None = option(None)
+    http_timeout_s: float = option(120.0, positive())
+    http_retries: int = option(2, non_negative())
+    http_backoff_s: float = option(0.5, non_negative())
+    http_max_response_bytes: int = option(1 << 20, at_least(1))
+    http_token_env: str | None = option("PROGRPO_FAST_REWARD_TOKEN", _env_name)
+    vlm_url: str | None = option(None)
+    vlm_model: str | None = option(None)
+    vlm_template: str | None = option(None)
+    vlm_score_regex: str | None = option(None)
+    vlm_score_range: tuple[float, float] = option((0.0, 10.0))
+    vlm_concurrency: int = option(8, at_least(1))
+    vlm_max_tokens: int = option(16, at_least(1))
+    vlm_token_env: str | None = option("PROGRPO_FAST_VLM_TOKEN", _env_name)
     frame_stride: int = option(4, at_least(1))
 
 
@@ -515,9 +549,20 @@ class Config:
             raise ValueError(f"config key 'reward.weights' has only zero weights ({reward.weights}): the trained reward would be 0 "
                              "for every image and nothing would train; give at least one reward a non-zero weight")
         if "http" in reward.weights and not reward.http_url:
-            raise ValueError("reward.weights uses the 'http' reward but reward.http_url is not set: pass reward.http_url=http://HOST:PORT/PATH")
-        if reward.http_url is not None and not reward.http_url.startswith(("http://", "https://")):
-            raise ValueError(f"config key 'reward.http_url' must start with http:// or https://, got {reward.http_url!r}")
+            raise ValueError("reward.weights uses the 'http' reward but reward.http_url is not set: pass reward.http_url=http://HOST:PORT "
+                             "(replicas comma-separated)")
+        if "vlm_judge" in reward.weights and not (reward.vlm_url and reward.vlm_model):
+            raise ValueError("reward.weights uses the 'vlm_judge' reward: set reward.vlm_url=http://HOST:PORT (an OpenAI-compatible "
+                             f"server) and reward.vlm_model=NAME (the model it serves), got {reward.vlm_url!r} and {reward.vlm_model!r}")
+        from progrpo_fast.rewards.client import parse_urls
+        from progrpo_fast.rewards.vlm import DEFAULT_SCORE_REGEX, DEFAULT_TEMPLATE, check_judge_options
+
+        for key in ("http_url", "vlm_url"):
+            if getattr(reward, key) is not None:
+                parse_urls(getattr(reward, key), f"config key 'reward.{key}'")
+        check_judge_options(DEFAULT_TEMPLATE if reward.vlm_template is None else reward.vlm_template,
+                            DEFAULT_SCORE_REGEX if reward.vlm_score_regex is None else reward.vlm_score_regex,
+                            reward.vlm_score_range, lambda option: f"config key 'reward.vlm_{option}'")
         if train.adapter_steps == "noisy" and not train.lora:
             raise ValueError("train.adapter_steps=noisy switches a LoRA adapter off at the deterministic steps: it needs train.lora=true")
         if train.lora and not train.lora_targets:
