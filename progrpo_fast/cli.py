@@ -53,7 +53,7 @@ def command_train(args) -> int:
     from progrpo_fast.train.run import train
 
     config = load_config(args.config, args.overrides)
-    summary = train(config, resume=args.resume)
+    summary = train(config, resume=args.resume, overwrite=args.overwrite)
     history = summary["history"]
     if history:
         print(f"training rollouts' mean reward: {history[0]['reward_mean']:.4f} (first iteration) -> {history[-1]['reward_mean']:.4f} "
@@ -109,7 +109,12 @@ def main(argv: list[str] | None = None) -> int:
     commands.add_parser("serve-reward", add_help=False, help="serve a reward over HTTP, the tasks' rewards included (serve-reward -h)")
     train = commands.add_parser("train", help="train with (Pro-)GRPO; default: the built-in shapes task")
     add_config_arguments(train)
-    train.add_argument("--resume", action="store_true", help="continue from the newest valid checkpoint in log.out_dir")
+    fresh_or_not = train.add_mutually_exclusive_group()
+    fresh_or_not.add_argument("--resume", action="store_true",
+                              help="continue the run in log.out_dir from its newest valid checkpoint (the config is checked against it)")
+    fresh_or_not.add_argument("--overwrite", nargs="?", const="archive", choices=["archive", "delete"],
+                              help="start a new run in a log.out_dir that holds another run: move its files into "
+                                   "previous-<run id>/ there (default) or, with --overwrite=delete, remove them")
     sample = commands.add_parser("sample", help="sample images from the configured model into a PNG grid")
     add_config_arguments(sample)
     sample.add_argument("--prompt", action="append", help="a prompt (repeatable); default: prompts from the config's source")
