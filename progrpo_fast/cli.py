@@ -50,10 +50,15 @@ def command_train(args) -> int:
     from progrpo_fast.train.build import uses_caption_pool
     from progrpo_fast.train.config import load_config
     from progrpo_fast.train.evaluate import paired_change
+    from progrpo_fast.train.graceful_stop import exit_code
     from progrpo_fast.train.run import train
 
     config = load_config(args.config, args.overrides)
-    summary = train(config, resume=args.resume, overwrite=args.overwrite)
+    try:
+        summary = train(config, resume=args.resume, overwrite=args.overwrite)
+    except KeyboardInterrupt:  # during setup: from the first iteration on, SIGINT stops gracefully
+        print("progrpo-fast train: interrupted before training started (nothing to save)", file=sys.stderr)
+        return exit_code("SIGINT")
     history = summary["history"]
     if history:
         print(f"training rollouts' mean reward: {history[0]['reward_mean']:.4f} (first iteration) -> {history[-1]['reward_mean']:.4f} "
@@ -73,6 +78,10 @@ def command_train(args) -> int:
         if summary.get(key):
             print(f"wrote {summary[key]}")
     print(f"logs, checkpoints and summary.json in {config.log.out_dir}")
+    if "stopped_by" in summary:
+        print(f"stopped by {summary['stopped_by']} at iteration {summary['iterations']} of {config.train.iterations} "
+              "with a checkpoint: continue with --resume")
+        return exit_code(summary["stopped_by"])
     return 0
 
 

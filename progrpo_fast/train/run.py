@@ -1,8 +1,8 @@
 """The training loop: runs a Config with the parts of train.build in a run folder it holds
 (train.run_folder), resuming with checked configs (train.resume_check), evaluates before, during
 and after (train.evaluate), saves checkpoints of its run, logs (JSONL always; TensorBoard / W&B
-when enabled and installed), shows a progress bar, and writes the reports of train.report and
-summary.json."""
+when enabled and installed), shows a progress bar, stops gracefully on SIGINT / SIGTERM
+(train.graceful_stop), and writes the reports of train.report and summary.json."""
 from __future__ import annotations
 
 import json
@@ -13,6 +13,7 @@ from pathlib import Path
 from progrpo_fast.train.build import build_model, build_prompts, build_reward
 from progrpo_fast.train.checkpoint import CheckpointStore
 from progrpo_fast.train.evaluate import evaluation_summary, evaluations
+from progrpo_fast.train.graceful_stop import GracefulStop
 from progrpo_fast.train.report import evaluation_curves, plot_reward_curve, save_before_after, trajectory_step_savings
 from progrpo_fast.train.resume_check import apply_optimizer_settings, check_resume
 from progrpo_fast.train.run_folder import RunFolder, open_run_folder
@@ -91,8 +92,9 @@ def train(config, resume: bool = False, model=None, reward=None, overwrite: str 
     """Runs config.train.iterations iterations in the run folder log.out_dir (train.run_folder: one
     run per folder, locked while it trains): a new run, or with ``resume`` the folder's run from its
     newest valid checkpoint (train.resume_check compares the configs); ``overwrite`` ("archive" or
-    "delete") replaces a run the folder holds. Returns a summary with the first and last iterations'
-    metrics."""
+    "delete") replaces a run the folder holds. SIGINT / SIGTERM stop it after the current iteration
+    with a checkpoint (train.graceful_stop; the summary's "stopped_by" names the signal). Returns a
+    summary with the first and last iterations' metrics."""
     dist = Distributed.from_environment(config.train.parallel)
     folder = open_run_folder(config.log.out_dir, config, dist, resume, overwrite)
     try:
@@ -122,35 +124,41 @@ def run_in(folder: RunFolder, config, dist: Distributed, model, reward) -> dict:
     bar = tqdm(total=config.train.iterations, initial=trainer.iteration, disable=not (config.log.progress and main_rank),
                desc="Pro-GRPO", unit="it")
     summary = {"run_id": folder.run_id}
-    if evaluates:
-        before = evaluations(config, model, reward, trainer.step_context)
-        summary.update(evaluation_summary(before, "before", trainer.iteration))
-    history, started = [], time.perf_counter()
-    while trainer.iteration < config.train.iterations:
-        metrics = trainer.train_iteration()
-        every = config.log.eval_every
-        if evaluates and every and trainer.iteration % every == 0 and trainer.iteration < config.train.iterations:  # the last: eval_after
-            for key, result in evaluations(config, model, reward, trainer.step_context).items():
-                metrics["eval_reward" + key] = result["reward_mean"]
-        history.append(metrics)
-        due = trainer.iteration % config.log.checkpoint_every == 0 or trainer.iteration == config.train.iterations
-        checkpoint = trainer.state_dict() if due and (main_rank or dist.sharded) else None
+    with GracefulStop() as stop:
+        if evaluates:
+            before = evaluations(config, model, reward, trainer.step_context)
+            summary.update(evaluation_summary(before, "before", trainer.iteration))
+        history, started, stopped_by = [], time.perf_counter(), None
+        while trainer.iteration < config.train.iterations and stopped_by is None:
+            metrics = trainer.train_iteration()
+            stopped_by = stop.agreed(dist, model.device)
+            every = config.log.eval_every
+            if (evaluates and every and trainer.iteration % every == 0 and trainer.iteration < config.train.iterations
+                    and stopped_by is None):  # the last: eval_after
+                for key, result in evaluations(config, model, reward, trainer.step_context).items():
+                    metrics["eval_reward" + key] = result["reward_mean"]
+            history.append(metrics)
+            due = (trainer.iteration % config.log.checkpoint_every == 0 or trainer.iteration == config.train.iterations
+                   or stopped_by is not None)
+            checkpoint = trainer.state_dict() if due and (main_rank or dist.sharded) else None
+            if main_rank:
+                loggers.log(metrics)
+                bar.set_postfix(reward=f"{metrics['reward_mean']:.3f}", kl=f"{metrics['kl']:.2e}",
+                                steps_per_s=f"{metrics['trajectory_steps_per_s']:.0f}")
+                bar.update(1)
+                if checkpoint is not None:
+                    store.save(trainer.iteration, checkpoint)
+        bar.close()
+        summary.update(iterations=trainer.iteration, seconds=time.perf_counter() - started, history=history,
+                       **trajectory_step_savings(trainer.schedule))
+        if stopped_by is not None:
+            summary["stopped_by"] = stopped_by
+        elif evaluates:  # a stopped run is not evaluated after training: it is not finished
+            after = evaluations(config, model, reward, trainer.step_context)
+            summary.update(evaluation_summary(after, "after", trainer.iteration))
         if main_rank:
-            loggers.log(metrics)
-            bar.set_postfix(reward=f"{metrics['reward_mean']:.3f}", kl=f"{metrics['kl']:.2e}",
-                            steps_per_s=f"{metrics['trajectory_steps_per_s']:.0f}")
-            bar.update(1)
-            if checkpoint is not None:
-                store.save(trainer.iteration, checkpoint)
-    bar.close()
-    summary.update(iterations=trainer.iteration, seconds=time.perf_counter() - started, history=history,
-                   **trajectory_step_savings(trainer.schedule))
-    if evaluates:
-        after = evaluations(config, model, reward, trainer.step_context)
-        summary.update(evaluation_summary(after, "after", trainer.iteration))
-    if main_rank:
-        write_outputs(config, summary, loggers, out_dir, before[""] if evaluates else None,
-                      after[""] if "eval_after" in summary else None)
+            write_outputs(config, summary, loggers, out_dir, before[""] if evaluates else None,
+                          after[""] if "eval_after" in summary else None)
     return summary
 
 
