@@ -81,7 +81,7 @@ def test_a_trainer_loading_an_ema_checkpoint_without_ema_trains_on(folder):
     assert trainer.train_iteration()["iteration"] == 1
 
 
-def test_proxy_and_lora_changes_block_only_where_the_checkpoint_holds_their_state():
+def test_proxy_lora_and_ema_changes_block_only_where_the_checkpoint_holds_their_state():
     base = config("unused")
     state = {"config": base.to_dict(), "probe": None, "ema": None}
     changed = config("unused", "sampler.proxy=reward", "sampler.grid=2")
@@ -92,3 +92,6 @@ def test_proxy_and_lora_changes_block_only_where_the_checkpoint_holds_their_stat
     assert check_resume(full, config("unused", "train.lora=false", "train.lora_rank=8"), "ckpt") == ["train.lora_rank: 4 -> 8"]
     with pytest.raises(ResumeConfigError, match=r"model\.resolution: null -> 32"):
         check_resume(state, config("unused", "model.resolution=32"), "ckpt")
+    ema = config("unused", "train.ema_decay=0.9")  # a checkpoint whose config has an EMA it did not save (older versions)
+    assert check_resume({**state, "config": ema.to_dict()}, ema, "ckpt") == [
+        "train.ema_decay: 0.9 but the checkpoint holds no EMA weights (the EMA starts from the resumed weights)"]

@@ -24,7 +24,8 @@ from progrpo_fast.train.run_folder import ARCHIVE_PREFIX
 __all__ = ["ResumeConfigError", "apply_optimizer_settings", "check_resume"]
 
 LORA_SHAPE = ("train.lora_rank", "train.lora_alpha", "train.lora_targets")
-NOT_COMPARED = ("log.out_dir",)  # the run is the folder's (run.json), wherever it was moved
+NOT_COMPARED = ("log.out_dir",)
+EMA_STARTS = "the EMA starts from the resumed weights"  # the run is the folder's (run.json), wherever it was moved
 
 
 class ResumeConfigError(ValueError):
@@ -72,16 +73,17 @@ def check_resume(state: dict, config, where: str) -> list[str]:
     one note per change it continues with (an empty list when nothing changed)."""
     saved, now = flat(state["config"]), flat(config.to_dict())
     blocking, notes = [], []
+    ema_starts = config.train.ema_decay is not None and state.get("ema") is None
+    if ema_starts and saved.get("train.ema_decay") == now["train.ema_decay"]:  # an EMA the checkpoint lacks
+        notes.append(f"train.ema_decay: {show(now['train.ema_decay'])} but the checkpoint holds no EMA weights "
+                     f"({EMA_STARTS})")
     for key in (k for k in now if k in saved and saved[k] != now[k] and k not in NOT_COMPARED):
         change = f"{key}: {show(saved[key])} -> {show(now[key])}"
         reason = why_not_continuable(key, now[key], saved, state)
         if reason:
             blocking.append((key, f"{change} ({reason})"))
         else:
-            notes.append(change)
-    if config.train.ema_decay is not None and state.get("ema") is None:
-        notes.append(f"train.ema_decay={show(config.train.ema_decay)}: the checkpoint holds no EMA weights, "
-                     "so the EMA starts from the resumed weights")
+            notes.append(f"{change} ({EMA_STARTS})" if key == "train.ema_decay" and ema_starts else change)
     if blocking:
         restore = " ".join("--set " + shlex.quote(f"{key}={show(saved[key])}") for key, _ in blocking)
         changes = "".join(f"\n  {line}" for _, line in blocking)
