@@ -50,10 +50,15 @@ def command_train(args) -> int:
     from progrpo_fast.train.build import uses_caption_pool
     from progrpo_fast.train.config import load_config
     from progrpo_fast.train.evaluate import paired_change
+    from progrpo_fast.train.graceful_stop import exit_code
     from progrpo_fast.train.run import train
 
     config = load_config(args.config, args.overrides)
-    summary = train(config, resume=args.resume)
+    try:
+        summary = train(config, resume=args.resume, overwrite=args.overwrite)
+    except KeyboardInterrupt:  # during setup: from the first iteration on, SIGINT stops gracefully
+        print("progrpo-fast train: interrupted before training started (nothing to save)", file=sys.stderr)
+        return exit_code("SIGINT")
     history = summary["history"]
     if history:
         print(f"training rollouts' mean reward: {history[0]['reward_mean']:.4f} (first iteration) -> {history[-1]['reward_mean']:.4f} "
@@ -73,6 +78,10 @@ def command_train(args) -> int:
         if summary.get(key):
             print(f"wrote {summary[key]}")
     print(f"logs, checkpoints and summary.json in {config.log.out_dir}")
+    if "stopped_by" in summary:
+        print(f"stopped by {summary['stopped_by']} at iteration {summary['iterations']} of {config.train.iterations} "
+              "with a checkpoint: continue with --resume")
+        return exit_code(summary["stopped_by"])
     return 0
 
 
@@ -110,7 +119,12 @@ def main(argv: list[str] | None = None) -> int:
                         help="serve a reward over HTTP to trainers on this or other nodes, the tasks' rewards included (serve-reward -h)")
     train = commands.add_parser("train", help="train with (Pro-)GRPO; default: the built-in shapes task")
     add_config_arguments(train)
-    train.add_argument("--resume", action="store_true", help="continue from the newest valid checkpoint in log.out_dir")
+    fresh_or_not = train.add_mutually_exclusive_group()
+    fresh_or_not.add_argument("--resume", action="store_true",
+                              help="continue the run in log.out_dir from its newest valid checkpoint (the config is checked against it)")
+    fresh_or_not.add_argument("--overwrite", nargs="?", const="archive", choices=["archive", "delete"],
+                              help="start a new run in a log.out_dir that holds another run: move its files into "
+                                   "previous-<run id>/ there (default) or, with --overwrite=delete, remove them")
     sample = commands.add_parser("sample", help="sample images from the configured model into a PNG grid")
     add_config_arguments(sample)
     sample.add_argument("--prompt", action="append", help="a prompt (repeatable); default: prompts from the config's source")

@@ -76,8 +76,8 @@ def test_flop_units_are_per_row_and_training_costs_forward_plus_backward(tmp_pat
 
 
 def test_interleaved_throughput_rounds_on_the_built_in_model():
-    methods = [Method("naive", "4@8"), Method("static", "4:3=2,5=1@8", static_ovf=True),
-               Method("pro-reward", "4:3=2,5=1@8", proxy="reward")]
+    methods = [Method("naive", "4@8"), Method("static", "6:3=4,5=2@8", static_ovf=True),
+               Method("pro-reward", "6:3=4,5=2@8", proxy="reward")]
     rows = throughput.throughput(None, methods, rounds=2, overrides=SMALL, progress=False)
     assert [r["method"] for r in rows] == [m.name for m in methods]
     for method, row in zip(methods, rows):

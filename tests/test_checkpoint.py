@@ -1,4 +1,5 @@
-"""CheckpointStore: atomic writes, verification, fallback, pruning; RNG capture/restore."""
+"""CheckpointStore: atomic writes, verification, fallback, pruning by validity and run id; RNG
+capture/restore."""
 import hashlib
 import logging
 import pickle
@@ -8,7 +9,13 @@ import numpy as np
 import pytest
 import torch
 
-from progrpo_fast.train.checkpoint import CheckpointStore, CorruptCheckpointError, capture_rng_state, restore_rng_state
+from progrpo_fast.train.checkpoint import (
+    CheckpointStore,
+    CorruptCheckpointError,
+    ForeignCheckpointError,
+    capture_rng_state,
+    restore_rng_state,
+)
 
 
 def make_state(step: int) -> dict:
@@ -67,6 +74,55 @@ def test_pruning_never_removes_the_checkpoint_just_written(tmp_path):
         store.save(step, make_state(step))
     store.save(1, make_state(1))
     assert store.steps() == [1, 6]
+
+
+def flip_a_byte(path) -> None:
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    path.write_bytes(data)
+
+
+def test_pruning_keeps_the_newest_valid_checkpoints_and_removes_invalid_ones_older_and_newer(tmp_path, caplog):
+    store = CheckpointStore(tmp_path, keep_last=2, run_id="a")
+    for step in (1, 2, 3):
+        store.save(step, make_state(step))
+    assert store.steps() == [2, 3]
+    # a crash left step 3 truncated, step 4 modified and step 5 without its checksum file
+    full = store.path(3).read_bytes()
+    store.path(3).write_bytes(full[:100])
+    store.save(4, make_state(4))
+    flip_a_byte(store.path(4))
+    store.path(5).write_bytes(full)
+    resumed = CheckpointStore(tmp_path, keep_last=2, run_id="a")  # the resuming process
+    assert resumed.latest()[0] == 2
+    with caplog.at_level(logging.WARNING, logger="progrpo_fast.train.checkpoint"):
+        resumed.save(3, make_state(3))
+    assert resumed.steps() == [2, 3]  # the newer invalid 4 and 5 are gone, the valid 2 stays
+    assert "removed checkpoint" in caplog.text and "step-00000004.pt is corrupted" in caplog.text
+    assert "step-00000005.pt has no checksum file" in caplog.text
+    # a corrupt older checkpoint goes even where keep_last leaves room for it
+    store = CheckpointStore(tmp_path / "b", keep_last=3, run_id="a")
+    store.save(1, make_state(1))
+    store.save(2, make_state(2))
+    flip_a_byte(store.path(1))
+    store.save(3, make_state(3))
+    assert store.steps() == [2, 3]
+
+
+def test_checkpoints_of_another_run_are_never_loaded_and_are_pruned(tmp_path, caplog):
+    first = CheckpointStore(tmp_path, keep_last=3, run_id="a")
+    first.save(1, make_state(1))
+    first.save(2, make_state(2))
+    second = CheckpointStore(tmp_path, keep_last=3, run_id="b")
+    with caplog.at_level(logging.WARNING):
+        assert second.latest() is None
+    assert "step-00000002.pt is a checkpoint of run a, not of this run b: not loaded" in caplog.text
+    with pytest.raises(ForeignCheckpointError, match="checkpoint of run a"):
+        second.load(1)
+    second.save(1, make_state(1))  # replaces run a's step 1 and prunes its step 2
+    assert second.steps() == [1] and second.latest()[1]["run_id"] == "b"
+    assert "removed checkpoint" in caplog.text and "step-00000002.pt: it is a checkpoint of run a" in caplog.text
+    assert CheckpointStore(tmp_path).latest()[0] == 1  # a store of no run (a reader) loads any
 
 
 @pytest.mark.parametrize("damage", ["truncate", "flip_byte"])

@@ -17,8 +17,8 @@ from progrpo_fast.train import checkpoint as checkpoint_module
 from progrpo_fast.train import trainer as trainer_module
 from progrpo_fast.train.checkpoint import CheckpointStore, DiskFullError
 from progrpo_fast.train.config import load_config
-from progrpo_fast.train.outputs import prepare_output_dirs
 from progrpo_fast.train.run import train
+from progrpo_fast.train.run_folder import RunFolder
 from progrpo_fast.train.trainer import DivergedError, check_history_fits, write_jsonl
 
 
@@ -52,16 +52,22 @@ def test_an_invalid_model_index_is_named_with_the_config_key(tmp_path, text, exp
         read_model_index(tmp_path)
 
 
+def claim(out_dir, resume=False):
+    RunFolder.claim(out_dir, load_config(None, [f"log.out_dir={out_dir}"]), resume=resume).close()
+
+
 def test_file_typed_outputs_fail_before_training(tmp_path):
     (tmp_path / "taken").write_text("x")
     with pytest.raises(ValueError, match=r"config key 'log\.out_dir': '.*taken' is a file, not a folder: move the file away"):
-        prepare_output_dirs(load_config(None, [f"log.out_dir={tmp_path / 'taken'}"]))
+        claim(tmp_path / "taken")
     with pytest.raises(ValueError, match=r"'log\.out_dir': cannot write to '.*taken/run' \('.*taken' is a file, not a folder\)"):
-        prepare_output_dirs(load_config(None, [f"log.out_dir={tmp_path / 'taken' / 'run'}"]))
-    (tmp_path / "run").mkdir()
+        claim(tmp_path / "taken" / "run")
+    claim(tmp_path / "run")
+    assert (tmp_path / "run" / "checkpoints").is_dir()  # created with the run, so a save cannot fail on it later
+    (tmp_path / "run" / "checkpoints").rmdir()
     (tmp_path / "run" / "checkpoints").write_text("x")
     with pytest.raises(ValueError, match=r"'log\.out_dir' \(its checkpoints folder\): '.*checkpoints' is a file"):
-        train(load_config(None, [*BASE, f"log.out_dir={tmp_path / 'run'}"]), model=model(), reward=Brightness())
+        train(load_config(None, [*BASE, f"log.out_dir={tmp_path / 'run'}"]), resume=True, model=model(), reward=Brightness())
     assert not (tmp_path / "run" / "log.jsonl").exists()  # refused before the first iteration
 
 
@@ -69,7 +75,7 @@ def test_an_unwritable_out_dir_is_named():
     if not os.path.isdir("/proc/self"):
         pytest.skip("no /proc (a folder nobody can create entries in) here")
     with pytest.raises(ValueError, match=r"config key 'log\.out_dir': cannot write to '/proc/progrpo-fast-test' \(.*\): choose a writable"):
-        prepare_output_dirs(load_config(None, ["log.out_dir=/proc/progrpo-fast-test"]))
+        claim("/proc/progrpo-fast-test")
 
 
 # ------------------------------------------------------------------ schedules and rewards

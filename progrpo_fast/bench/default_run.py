@@ -22,7 +22,7 @@ def run_seed(base: str | None, seed: int, out_dir: Path, overrides=()) -> dict:
     from progrpo_fast.train.run import train
 
     config = load_config(base, [*overrides, f"train.seed={seed}", f"log.out_dir={out_dir / f'seed{seed}'}", "log.progress=false"])
-    summary = train(config)
+    summary = train(config, overwrite="delete")  # a seed that did not finish reruns from scratch (its before/after is the row)
     row = {"seed": seed, "iterations": summary["iterations"], "seconds": summary["seconds"]}
     for key, name in (("", "pool"), ("_held_out", "heldout")):
         before, after = summary["eval_before" + key], summary["eval_after" + key]

@@ -6,7 +6,12 @@ temporary file in the same folder, fsynced and renamed into place (os.replace is
 first. The sidecar is the commit record: a data file without one is an interrupted save, and a
 crash before a rename leaves only a hidden temporary file, which no reader looks at (the next
 save deletes it). So a visible, verified checkpoint is always whole. One writer per folder
-(rank 0) is assumed.
+(rank 0, holding the run folder's lock) is assumed.
+
+A store of a run (``run_id`` given) writes the run id into each state, loads only its own run's
+checkpoints and prunes by validity and iteration: after a save it keeps the ``keep_last`` newest
+checkpoints of this run that verify and removes every other one (corrupt, checksum-less or of
+another run, older or newer), so an invalid checkpoint never outlives a newer valid one.
 
 States must hold tensors and plain Python containers and scalars only: they are read back with
 ``torch.load(weights_only=True)``; ``capture_rng_state`` keeps to that.
@@ -26,7 +31,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-__all__ = ["CheckpointStore", "CorruptCheckpointError", "DiskFullError", "capture_rng_state", "raise_if_disk_full", "restore_rng_state"]
+__all__ = ["CheckpointStore", "CorruptCheckpointError", "DiskFullError", "ForeignCheckpointError", "capture_rng_state",
+           "raise_if_disk_full", "restore_rng_state"]
 
 logger = logging.getLogger(__name__)
 
@@ -57,6 +63,10 @@ def raise_if_disk_full(err: BaseException, path: Path, what: str) -> None:
         free = "free space unknown"
     raise DiskFullError(seen.errno, f"no space left on the device while writing {what} {path} ({free}); what was written before is "
                                     "intact: free disk space or point log.out_dir at a larger disk, then continue with --resume") from err
+
+
+class ForeignCheckpointError(RuntimeError):
+    """A valid checkpoint of another run (or of none: written before run ids)."""
 
 
 class _HashingWriter:
@@ -94,12 +104,13 @@ def _sha256_of(path: Path) -> str:
 
 class CheckpointStore:
     """``save(step, state)``, ``load(step)``, ``latest()`` over the checkpoints in ``directory``,
-    keeping the ``keep_last`` newest (by step) on disk."""
+    keeping the ``keep_last`` newest valid ones (of run ``run_id`` when given) on disk."""
 
-    def __init__(self, directory: str | os.PathLike, keep_last: int = 3):
+    def __init__(self, directory: str | os.PathLike, keep_last: int = 3, run_id: str | None = None):
         if not isinstance(keep_last, int) or isinstance(keep_last, bool) or keep_last < 1:
             raise ValueError(f"keep_last must be an int >= 1, got {keep_last!r}")
-        self.directory, self.keep_last = Path(directory), keep_last
+        self.directory, self.keep_last, self.run_id = Path(directory), keep_last, run_id
+        self._verified: dict[str, tuple[tuple[int, int], str | None]] = {}  # name -> ((size, mtime_ns), run id)
 
     def path(self, step: int) -> Path:
         return self.directory / f"step-{step:08d}.pt"
@@ -134,13 +145,16 @@ class CheckpointStore:
         return result
 
     def save(self, step: int, state: dict) -> Path:
-        """Writes the checkpoint of ``step`` (data, then its sha256 sidecar, each atomically) and
-        prunes the oldest beyond ``keep_last``, never the one just written. Returns its path."""
+        """Writes the checkpoint of ``step`` (data, then its sha256 sidecar, each atomically; the
+        run id added to the state) and prunes (see the module docstring), never the one just
+        written. Returns its path."""
         if not isinstance(step, int) or isinstance(step, bool) or step < 0:
             raise ValueError(f"step must be a non-negative int, got {step!r}")
         self.directory.mkdir(parents=True, exist_ok=True)
         self._remove_temporaries()
         path = self.path(step)
+        if self.run_id is not None:
+            state = {**state, "run_id": self.run_id}
 
         def write_state(f) -> str:
             sink = _HashingWriter(f)
@@ -149,6 +163,7 @@ class CheckpointStore:
 
         digest = self._write_atomically(path, write_state)
         self._write_atomically(self.checksum_path(path), lambda f: f.write(f"{digest}  {path.name}\n".encode()))
+        self._remember(path, state.get("run_id"))
         self._prune(keep=step)
         return path
 
@@ -158,18 +173,31 @@ class CheckpointStore:
             leftover.unlink(missing_ok=True)
 
     def _prune(self, keep: int) -> None:
-        others = [s for s in self.steps() if s != keep]
-        for step in others[: max(0, len(others) - (self.keep_last - 1))]:
-            path = self.path(step)
+        """Keeps ``keep`` and the keep_last - 1 newest other valid checkpoints of this run."""
+        kept = 1
+        for step in reversed([s for s in self.steps() if s != keep]):
+            path, reason = self.path(step), None
+            try:
+                owner = self.owner(step)
+                if self.run_id is not None and owner != self.run_id:
+                    reason = f"it is a checkpoint of {describe_owner(owner)}, not of this run {self.run_id}"
+                elif kept < self.keep_last:
+                    kept += 1
+                    continue
+            except CorruptCheckpointError as err:
+                reason = str(err)
             self.checksum_path(path).unlink(missing_ok=True)
             path.unlink(missing_ok=True)
+            self._verified.pop(path.name, None)
+            if reason:
+                logger.warning("removed checkpoint %s: %s", path, reason)
         for sidecar in self.directory.glob("step-*.pt.sha256"):
             if not sidecar.with_suffix("").exists():
                 sidecar.unlink(missing_ok=True)
 
     # ------------------------------------------------------------------ reading
-    def load(self, step: int) -> dict:
-        """The state saved at ``step``, verified; CorruptCheckpointError says what is wrong."""
+    def _read(self, step: int, mmap: bool = False) -> dict:
+        """The state saved at ``step`` after checking its digest (``mmap``: tensors mapped, not read)."""
         path = self.path(step)
         if not path.is_file():
             available = ", ".join(map(str, self.steps())) or "none"
@@ -186,19 +214,51 @@ class CheckpointStore:
                 f"checkpoint {path} is corrupted: sha256 {actual} of its {path.stat().st_size} bytes does not match "
                 f"{expected[0]} recorded in {sidecar.name} (truncated or modified after saving)")
         try:
-            return torch.load(path, map_location="cpu", weights_only=True)
+            state = torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
         except Exception as err:
             raise CorruptCheckpointError(f"checkpoint {path} matches its checksum but torch.load failed: {err}") from err
+        self._remember(path, state.get("run_id") if isinstance(state, dict) else None)
+        return state
+
+    def _remember(self, path: Path, run_id: str | None) -> None:
+        """Records that ``path``, as it is now, verified and belongs to ``run_id``."""
+        stat = path.stat()
+        self._verified[path.name] = ((stat.st_size, stat.st_mtime_ns), run_id)
+
+    def owner(self, step: int) -> str | None:
+        """The run id of the checkpoint of ``step`` (None: written before run ids), verified once
+        per store and file version; CorruptCheckpointError when it does not verify."""
+        path = self.path(step)
+        stat = path.stat()
+        known = self._verified.get(path.name)
+        if known is None or known[0] != (stat.st_size, stat.st_mtime_ns):
+            self._read(step, mmap=True)
+            known = self._verified[path.name]
+        return known[1]
+
+    def load(self, step: int) -> dict:
+        """The state saved at ``step``, verified; CorruptCheckpointError says what is wrong,
+        ForeignCheckpointError names the run it belongs to when that is not this store's run."""
+        state = self._read(step)
+        owner = state.get("run_id")
+        if self.run_id is not None and owner != self.run_id:
+            raise ForeignCheckpointError(f"checkpoint {self.path(step)} is a checkpoint of {describe_owner(owner)}, "
+                                         f"not of this run {self.run_id}: not loaded")
+        return state
 
     def latest(self) -> tuple[int, dict] | None:
-        """(step, state) of the newest checkpoint that verifies, None when there is none; every
-        newer one that does not verify is skipped with a logged warning saying why."""
+        """(step, state) of the newest checkpoint that verifies (and is this run's), None when
+        there is none; every newer one that does not is skipped with a logged warning saying why."""
         for step in reversed(self.steps()):
             try:
                 return step, self.load(step)
-            except CorruptCheckpointError as err:
+            except (CorruptCheckpointError, ForeignCheckpointError) as err:
                 logger.warning("%s; falling back to an earlier checkpoint", err)
         return None
+
+
+def describe_owner(run_id: str | None) -> str:
+    return "no run (written before run ids)" if run_id is None else f"run {run_id}"
 
 
 # ---------------------------------------------------------------------------------------- RNG

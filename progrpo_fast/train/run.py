@@ -1,6 +1,8 @@
-"""The training loop: runs a Config with the parts of train.build, evaluates before, during and
-after (train.evaluate), saves checkpoints, logs (JSONL always; TensorBoard / W&B when enabled and
-installed), shows a progress bar, and writes the reports of train.report and summary.json."""
+"""The training loop: runs a Config with the parts of train.build in a run folder it holds
+(train.run_folder), resuming with checked configs (train.resume_check), evaluates before, during
+and after (train.evaluate), saves checkpoints of its run, logs (JSONL always; TensorBoard / W&B
+when enabled and installed), shows a progress bar, stops gracefully on SIGINT / SIGTERM
+(train.graceful_stop), and writes the reports of train.report and summary.json."""
 from __future__ import annotations
 
 import json
@@ -11,8 +13,10 @@ from pathlib import Path
 from progrpo_fast.train.build import build_model, build_prompts, build_reward
 from progrpo_fast.train.checkpoint import CheckpointStore
 from progrpo_fast.train.evaluate import evaluation_summary, evaluations
-from progrpo_fast.train.outputs import prepare_output_dirs
+from progrpo_fast.train.graceful_stop import GracefulStop
 from progrpo_fast.train.report import evaluation_curves, plot_reward_curve, save_before_after, trajectory_step_savings
+from progrpo_fast.train.resume_check import apply_optimizer_settings, check_resume
+from progrpo_fast.train.run_folder import RunFolder, open_run_folder
 from progrpo_fast.train.trainer import Distributed, Trainer, write_jsonl
 
 
@@ -27,13 +31,12 @@ def logged_iteration(line: str) -> float:
 class Loggers:
     """JSONL always; TensorBoard and W&B when enabled and installed (a clear note otherwise).
     ``resumed_at``: the iteration a resumed run continues from (log.jsonl keeps the iterations
-    before it, so iterations a crash ran past the checkpoint are not logged twice); None: a new run."""
+    before it, so iterations a crash ran past the checkpoint are not logged twice); None: a new run
+    (its run folder holds no log.jsonl: train.run_folder moved or refused the previous run's)."""
 
     def __init__(self, config, out_dir: Path, resumed_at: int | None):
         self.jsonl = out_dir / "log.jsonl"
-        if resumed_at is None:
-            self.jsonl.unlink(missing_ok=True)
-        elif self.jsonl.exists():
+        if resumed_at is not None and self.jsonl.exists():
             kept = [line for line in self.jsonl.read_text().splitlines() if logged_iteration(line) < resumed_at]
             tmp = self.jsonl.with_suffix(".jsonl.tmp")
             tmp.write_text("".join(line + "\n" for line in kept))
@@ -71,63 +74,102 @@ class Loggers:
             self.wandb.finish()
 
 
-def train(config, resume: bool = False, model=None, reward=None) -> dict:
-    """Runs config.train.iterations iterations (continuing from the newest valid checkpoint with
-    ``resume``); returns a summary with the first and last iterations' metrics."""
+def resumable_state(store: CheckpointStore, config) -> dict | None:
+    """The newest valid checkpoint of the store's run, after check_resume (its continuable
+    changes printed in one line); None when the run has none yet."""
+    found = store.latest()
+    if found is None:
+        print(f"[progrpo-fast] --resume: no valid checkpoint of run {store.run_id} in {store.directory}, starting from iteration 0")
+        return None
+    step, state = found
+    notes = check_resume(state, config, str(store.path(step)))
+    if notes:
+        print(f"[progrpo-fast] --resume: continuing run {store.run_id} from iteration {step} with changes: {'; '.join(notes)}")
+    return state
+
+
+def train(config, resume: bool = False, model=None, reward=None, overwrite: str | None = None) -> dict:
+    """Runs config.train.iterations iterations in the run folder log.out_dir (train.run_folder: one
+    run per folder, locked while it trains): a new run, or with ``resume`` the folder's run from its
+    newest valid checkpoint (train.resume_check compares the configs); ``overwrite`` ("archive" or
+    "delete") replaces a run the folder holds. SIGINT / SIGTERM stop it after the current iteration
+    with a checkpoint (train.graceful_stop; the summary's "stopped_by" names the signal). Returns a
+    summary with the first and last iterations' metrics."""
+    dist = Distributed.from_environment(config.train.parallel)
+    folder = open_run_folder(config.log.out_dir, config, dist, resume, overwrite)
+    try:
+        return run_in(folder, config, dist, model, reward)
+    finally:
+        folder.close()
+
+
+def run_in(folder: RunFolder, config, dist: Distributed, model, reward) -> dict:
+    """The training run of ``train`` in a claimed run folder."""
     from tqdm import tqdm
 
-    dist = Distributed.from_environment(config.train.parallel)
-    out_dir, _ = prepare_output_dirs(config)
+    out_dir = folder.directory
+    store = CheckpointStore(out_dir / "checkpoints", config.log.keep_last, run_id=folder.run_id)
+    resumed = resumable_state(store, config) if folder.resumed else None  # checked before the model is built
     model = model or build_model(config.model)
     reward = reward or build_reward(config)
     trainer = Trainer(config, model, reward, build_prompts(config), dist)
-    store = CheckpointStore(out_dir / "checkpoints", config.log.keep_last)
-    if resume:
-        found = store.latest()
-        if found is None:
-            print(f"[progrpo-fast] --resume: no checkpoint in {store.directory}, starting from iteration 0")
-        else:
-            trainer.load_state_dict(found[1])
-            print(f"[progrpo-fast] resumed from iteration {trainer.iteration} ({store.directory})")
+    if resumed is not None:
+        trainer.load_state_dict(resumed)
+        apply_optimizer_settings(trainer.optimizer, config.train)
+        del resumed  # its CPU copy of the state (the whole network when fully fine-tuning)
+        print(f"[progrpo-fast] resumed run {folder.run_id} from iteration {trainer.iteration} ({store.directory})")
     main_rank = dist.rank == 0
     evaluates = bool(config.log.eval_prompts) and (main_rank or dist.sharded)  # a sharded network needs every rank
-    loggers = Loggers(config, out_dir, trainer.iteration if resume else None) if main_rank else None
+    loggers = Loggers(config, out_dir, trainer.iteration if folder.resumed else None) if main_rank else None
     bar = tqdm(total=config.train.iterations, initial=trainer.iteration, disable=not (config.log.progress and main_rank),
                desc="Pro-GRPO", unit="it")
-    summary = {}
-    if evaluates:
-        before = evaluations(config, model, reward, trainer.step_context)
-        summary.update(evaluation_summary(before, "before", trainer.iteration))
-    history, started = [], time.perf_counter()
-    while trainer.iteration < config.train.iterations:
-        metrics = trainer.train_iteration()
-        every = config.log.eval_every
-        if evaluates and every and trainer.iteration % every == 0 and trainer.iteration < config.train.iterations:  # the last: eval_after
-            for key, result in evaluations(config, model, reward, trainer.step_context).items():
-                metrics["eval_reward" + key] = result["reward_mean"]
-        history.append(metrics)
-        due = trainer.iteration % config.log.checkpoint_every == 0 or trainer.iteration == config.train.iterations
-        state = trainer.state_dict() if due and (main_rank or dist.sharded) else None
-        if main_rank:
-            loggers.log(metrics)
-            bar.set_postfix(reward=f"{metrics['reward_mean']:.3f}", kl=f"{metrics['kl']:.2e}",
-                            steps_per_s=f"{metrics['trajectory_steps_per_s']:.0f}")
-            bar.update(1)
-            if state is not None:
-                store.save(trainer.iteration, state)
-    bar.close()
-    summary.update(iterations=trainer.iteration, seconds=time.perf_counter() - started, history=history,
-                   **trajectory_step_savings(trainer.schedule))
-    if evaluates:
-        after = evaluations(config, model, reward, trainer.step_context)
-        summary.update(evaluation_summary(after, "after", trainer.iteration))
-    if main_rank:
-        loggers.close()
-        summary["reward_curve"] = plot_reward_curve(loggers.jsonl, out_dir / "reward_curve.png",
-                                                    evaluation_curves(config, summary, loggers.jsonl))
+    summary = {"run_id": folder.run_id}
+    with GracefulStop() as stop:
         if evaluates:
-            iterations = (summary["eval_before"]["iteration"], trainer.iteration)
-            summary["before_after_grid"] = save_before_after(before[""], after[""], out_dir / "before_after.png", iterations)
-        record = {k: (str(v) if isinstance(v, Path) else v) for k, v in summary.items() if k != "history"}
-        (out_dir / "summary.json").write_text(json.dumps(record, indent=2) + "\n")
+            before = evaluations(config, model, reward, trainer.step_context)
+            summary.update(evaluation_summary(before, "before", trainer.iteration))
+        history, started, stopped_by = [], time.perf_counter(), None
+        while trainer.iteration < config.train.iterations and stopped_by is None:
+            metrics = trainer.train_iteration()
+            stopped_by = stop.agreed(dist, model.device)
+            every = config.log.eval_every
+            if (evaluates and every and trainer.iteration % every == 0 and trainer.iteration < config.train.iterations
+                    and stopped_by is None):  # the last: eval_after
+                for key, result in evaluations(config, model, reward, trainer.step_context).items():
+                    metrics["eval_reward" + key] = result["reward_mean"]
+            history.append(metrics)
+            due = (trainer.iteration % config.log.checkpoint_every == 0 or trainer.iteration == config.train.iterations
+                   or stopped_by is not None)
+            checkpoint = trainer.state_dict() if due and (main_rank or dist.sharded) else None
+            if main_rank:
+                loggers.log(metrics)
+                bar.set_postfix(reward=f"{metrics['reward_mean']:.3f}", kl=f"{metrics['kl']:.2e}",
+                                steps_per_s=f"{metrics['trajectory_steps_per_s']:.0f}")
+                bar.update(1)
+                if checkpoint is not None:
+                    store.save(trainer.iteration, checkpoint)
+        bar.close()
+        summary.update(iterations=trainer.iteration, seconds=time.perf_counter() - started, history=history,
+                       **trajectory_step_savings(trainer.schedule))
+        if stopped_by is not None:
+            summary["stopped_by"] = stopped_by
+        elif evaluates:  # a stopped run is not evaluated after training: it is not finished
+            after = evaluations(config, model, reward, trainer.step_context)
+            summary.update(evaluation_summary(after, "after", trainer.iteration))
+        if main_rank:
+            write_outputs(config, summary, loggers, out_dir, before[""] if evaluates else None,
+                          after[""] if "eval_after" in summary else None)
     return summary
+
+
+def write_outputs(config, summary: dict, loggers: Loggers, out_dir: Path, before, after) -> None:
+    """Closes the loggers and writes the reward curve, the before/after grid (when both
+    evaluations ran) and summary.json (rank 0)."""
+    loggers.close()
+    summary["reward_curve"] = plot_reward_curve(loggers.jsonl, out_dir / "reward_curve.png",
+                                                evaluation_curves(config, summary, loggers.jsonl))
+    if before is not None and after is not None:
+        iterations = (summary["eval_before"]["iteration"], summary["eval_after"]["iteration"])
+        summary["before_after_grid"] = save_before_after(before, after, out_dir / "before_after.png", iterations)
+    record = {k: (str(v) if isinstance(v, Path) else v) for k, v in summary.items() if k != "history"}
+    (out_dir / "summary.json").write_text(json.dumps(record, indent=2) + "\n")

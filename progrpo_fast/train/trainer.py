@@ -179,7 +179,7 @@ class Trainer:
             self.parameters = [p for p in self.network.parameters() if p.requires_grad]  # now sharded DTensors
         self.optimizer = torch.optim.AdamW(self.parameters, lr=train.lr, betas=tuple(train.adam_betas), eps=train.adam_eps,
                                            weight_decay=train.weight_decay)
-        self.ema = [p.detach().clone().float() for p in self.parameters] if train.ema_decay else None
+        self.ema = self._fresh_ema() if train.ema_decay else None
         self.iteration = 0
 
     # ------------------------------------------------------------------ setup
@@ -424,6 +424,10 @@ class Trainer:
             kl = kl_to_reference(out.mean, reference.mean, out.std).mean()
         return StepTerms(loss + train.beta_kl * kl, loss, kl, ratio, clip_fraction, out.log_prob)
 
+    def _fresh_ema(self) -> list[torch.Tensor]:
+        """An EMA that starts from the current trainable weights (fp32)."""
+        return [p.detach().clone().float() for p in self.parameters]
+
     @torch.no_grad()
     def _update_ema(self) -> None:
         decay = self.config.train.ema_decay
@@ -463,7 +467,12 @@ class Trainer:
             for name, p in zip(self.parameter_names, self.parameters):
                 p.copy_(shard_like(saved[name], p))
         self._load_optimizer_state(state["optimizer"])
-        self.ema = None if state["ema"] is None else [shard_like(e, p) for e, p in zip(state["ema"], self.parameters)]
+        if self.config.train.ema_decay is None:  # EMA off in this config: the checkpoint's EMA (if any) is not kept
+            self.ema = None
+        elif state["ema"] is None:  # EMA switched on at resume: it starts from the resumed weights
+            self.ema = self._fresh_ema()
+        else:
+            self.ema = [shard_like(e, p) for e, p in zip(state["ema"], self.parameters)]
         if state.get("probe") is not None:
             self.proxy.load_state_dict(state["probe"])
         restore_rng_state(state["rng"])
