@@ -9,9 +9,9 @@ import time
 from pathlib import Path
 
 from progrpo_fast.train.build import build_model, build_prompts, build_reward
-from progrpo_fast.train.checkpoint import CheckpointStore
 from progrpo_fast.train.evaluate import evaluation_summary, evaluations
 from progrpo_fast.train.report import evaluation_curves, plot_reward_curve, save_before_after, trajectory_step_savings
+from progrpo_fast.train.sharded_checkpoint import RunCheckpoints
 from progrpo_fast.train.trainer import Distributed, Trainer, write_jsonl
 
 
@@ -81,13 +81,11 @@ def train(config, resume: bool = False, model=None, reward=None) -> dict:
     model = model or build_model(config.model)
     reward = reward or build_reward(config)
     trainer = Trainer(config, model, reward, build_prompts(config), dist)
-    store = CheckpointStore(out_dir / "checkpoints", config.log.keep_last)
+    store = RunCheckpoints(out_dir / "checkpoints", config.log.keep_last, trainer)
     if resume:
-        found = store.latest()
-        if found is None:
+        if store.restore() is None:
             print(f"[progrpo-fast] --resume: no checkpoint in {store.directory}, starting from iteration 0")
         else:
-            trainer.load_state_dict(found[1])
             print(f"[progrpo-fast] resumed from iteration {trainer.iteration} ({store.directory})")
     main_rank = dist.rank == 0
     evaluates = bool(config.log.eval_prompts) and (main_rank or dist.sharded)  # a sharded network needs every rank
@@ -107,14 +105,13 @@ def train(config, resume: bool = False, model=None, reward=None) -> dict:
                 metrics["eval_reward" + key] = result["reward_mean"]
         history.append(metrics)
         due = trainer.iteration % config.log.checkpoint_every == 0 or trainer.iteration == config.train.iterations
-        state = trainer.state_dict() if due and (main_rank or dist.sharded) else None
         if main_rank:
             loggers.log(metrics)
             bar.set_postfix(reward=f"{metrics['reward_mean']:.3f}", kl=f"{metrics['kl']:.2e}",
                             steps_per_s=f"{metrics['trajectory_steps_per_s']:.0f}")
             bar.update(1)
-            if state is not None:
-                store.save(trainer.iteration, state)
+        if due:
+            store.save()  # every rank: sharded (train.parallel=fsdp) or rank 0's one file
     bar.close()
     summary.update(iterations=trainer.iteration, seconds=time.perf_counter() - started, history=history,
                    **trajectory_step_savings(trainer.schedule))

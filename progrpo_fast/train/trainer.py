@@ -387,7 +387,8 @@ class Trainer:
 
     # ------------------------------------------------------------------ state
     def state_dict(self) -> dict:
-        """The whole (unsharded) training state; under FSDP a collective that every rank calls."""
+        """The whole (unsharded) training state; under FSDP a collective that every rank calls
+        (train.sharded_checkpoint saves FSDP runs without gathering)."""
         from progrpo_fast.train.checkpoint import capture_rng_state
 
         return {
@@ -401,8 +402,6 @@ class Trainer:
         }
 
     def load_state_dict(self, state: dict) -> None:
-        from progrpo_fast.train.checkpoint import restore_rng_state
-
         saved = state["trainable"]
         if list(saved) != self.parameter_names:
             raise ValueError("the checkpoint's trainable parameters do not match this model/config (different LoRA targets or rank?)")
@@ -411,10 +410,17 @@ class Trainer:
                 p.copy_(shard_like(saved[name], p))
         self._load_optimizer_state(state["optimizer"])
         self.ema = None if state["ema"] is None else [shard_like(e, p) for e, p in zip(state["ema"], self.parameters)]
-        if state.get("probe") is not None:
-            self.proxy.load_state_dict(state["probe"])
-        restore_rng_state(state["rng"])
-        self.iteration = state["iteration"]
+        self.restore_host_state(state.get("probe"), state["rng"], state["iteration"])
+
+    def restore_host_state(self, probe, rng: dict, iteration: int) -> None:
+        """Restores the state a checkpoint keeps besides tensors: the pruning probe's (None:
+        nothing), every RNG's and the iteration."""
+        from progrpo_fast.train.checkpoint import restore_rng_state
+
+        if probe is not None:
+            self.proxy.load_state_dict(probe)
+        restore_rng_state(rng)
+        self.iteration = iteration
 
     def _optimizer_state(self) -> dict:
         if not self.dist.sharded:
@@ -428,7 +434,7 @@ class Trainer:
         if state["state"] and saved_sharded != self.dist.sharded:
             saved, now = ("fsdp", "ddp or one process") if saved_sharded else ("ddp or one process", "fsdp")
             raise ValueError(f"the checkpoint was written with train.parallel={saved} but this run uses {now}; "
-                             "resume with the same train.parallel and number of processes")
+                             "resume with the same train.parallel")
         if not self.dist.sharded:
             self.optimizer.load_state_dict(state)
             return
