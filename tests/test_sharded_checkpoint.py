@@ -182,3 +182,18 @@ def test_sharded_checkpoints_resume_from_two_processes_on_one_and_from_one_on_tw
         assert main(["export-checkpoint", str(checkpoint), "--out", str(out), *flag]) == 0
         exported = load_file(out)
         assert exported.keys() == want[part].keys() and all(torch.equal(exported[n], t) for n, t in want[part].items())
+
+
+def test_bench_sharded_checkpoint_writes_its_table(tmp_path):
+    """bench sharded_checkpoint on 2 blocks of 1 head: every rank's shard, RSS and peaks."""
+    import json
+
+    from progrpo_fast.bench import main as bench_main
+
+    assert bench_main(["sharded_checkpoint", "--heads", "1", "--layers", "2", "--out", str(tmp_path), "--tag", "t"]) == 0
+    payload = json.loads((tmp_path / "sharded_checkpoint_t.json").read_text())
+    assert payload["processes"] == 2 and [row["rank"] for row in payload["rows"]] == [0, 1]
+    for row in payload["rows"]:
+        assert 0 < row["shard_mib"] < row["before_save_mib"] <= row["sharded_peak_mib"] and row["sharded_bytes"] > 0
+        assert row["gather_peak_mib"] > 0 and row["sharded_s"] > 0
+    assert "sharded save peak MiB" in (tmp_path / "sharded_checkpoint_t.md").read_text()

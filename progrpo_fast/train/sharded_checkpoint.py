@@ -317,17 +317,16 @@ class ShardedCheckpointStore:
 
 
 # ----------------------------------------------------------------------------- trainer state
-def trainer_tensors(trainer, ema: bool) -> dict:
-    """What DCP saves of a trainer, as the trainer holds it (DTensor shards under FSDP, whole
-    tensors otherwise): trainable weights and EMA by parameter name, the AdamW state by name
-    (torch's get_optimizer_state_dict). Loading into it updates the weights in place."""
+def training_tensors(network, names: list[str], parameters: list, optimizer, ema: list | None) -> dict:
+    """What DCP saves of a training state, as the ranks hold it (DTensor shards under FSDP, whole
+    tensors otherwise): the trainable ``parameters`` and their ``ema`` by name, the AdamW state by
+    parameter name (torch's get_optimizer_state_dict). Loading into it updates them in place."""
     from torch.distributed.checkpoint.state_dict import get_optimizer_state_dict
 
-    names = trainer.parameter_names
-    tensors = {"trainable": {name: p.detach() for name, p in zip(names, trainer.parameters)},
-               "optimizer": get_optimizer_state_dict(trainer.network, trainer.optimizer)}
-    if ema:
-        tensors["ema"] = dict(zip(names, trainer.ema))
+    tensors = {"trainable": {name: p.detach() for name, p in zip(names, parameters)},
+               "optimizer": get_optimizer_state_dict(network, optimizer)}
+    if ema is not None:
+        tensors["ema"] = dict(zip(names, ema))
     return tensors
 
 
@@ -336,7 +335,8 @@ def save_trainer(store: ShardedCheckpointStore, trainer) -> Path:
     shared = {"iteration": trainer.iteration, "config": trainer.config.to_dict(), "trainable": list(trainer.parameter_names),
               "ema": trainer.ema is not None}
     own = {"rng": capture_rng_state(), "probe": trainer.proxy.state_dict()}
-    return store.save(trainer.iteration, trainer_tensors(trainer, trainer.ema is not None), shared, own)
+    tensors = training_tensors(trainer.network, trainer.parameter_names, trainer.parameters, trainer.optimizer, trainer.ema)
+    return store.save(trainer.iteration, tensors, shared, own)
 
 
 def load_trainer(store: ShardedCheckpointStore, step: int, trainer) -> None:
@@ -348,7 +348,7 @@ def load_trainer(store: ShardedCheckpointStore, step: int, trainer) -> None:
         raise ValueError(f"checkpoint {store.path(step)}: its trainable parameters do not match this model/config "
                          "(different LoRA targets or rank, or train.lora?)")
     trainer.ema = [p.detach().clone().float() for p in trainer.parameters] if shared["ema"] else None
-    tensors = trainer_tensors(trainer, shared["ema"])
+    tensors = training_tensors(trainer.network, trainer.parameter_names, trainer.parameters, trainer.optimizer, trainer.ema)
     store.load_tensors(step, tensors)
     set_optimizer_state_dict(trainer.network, trainer.optimizer, tensors["optimizer"])
     trainer.restore_host_state(own["probe"], own["rng"], shared["iteration"])
