@@ -83,6 +83,8 @@ class Distributed:
     def from_environment(cls, parallel: str = "ddp") -> Distributed:
         world = int(os.environ.get("WORLD_SIZE", "1"))
         if world > 1 and not torch.distributed.is_initialized():
+            if torch.cuda.is_available():  # one GPU per process of a node (torchrun's LOCAL_RANK), not all on cuda:0
+                torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")) % torch.cuda.device_count())
             backend = "nccl" if torch.cuda.is_available() else "gloo"
             torch.distributed.init_process_group(backend)
         return cls(int(os.environ.get("RANK", "0")), world, sharded=world > 1 and parallel == "fsdp")
