@@ -110,6 +110,33 @@ def test_a_one_process_fsdp_run_resumes_from_sharded_checkpoints_and_exports_a_l
     torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
 
 
+def test_export_names_a_one_file_lora_as_diffusers_does_and_refuses_what_is_not_there(tmp_path, capsys):
+    import json
+
+    from safetensors import safe_open
+
+    from progrpo_fast.train.checkpoint import CheckpointStore
+    from progrpo_fast.train.config import load_config
+
+    sd1 = ["model.kind=sd1", "sampler.method=ddim", "train.lora_rank=4", "train.lora_alpha=8"]
+    cfg = load_config(None, sd1, check_paths=False).to_dict()
+    names = ["down_blocks.0.attentions.0.to_q.lora_A.default.weight", "down_blocks.0.attentions.0.to_q.lora_B.default.weight"]
+    weights = {name: torch.full((4, 4), float(i)) for i, name in enumerate(names)}
+    CheckpointStore(tmp_path / "run" / "checkpoints").save(3, {"iteration": 3, "trainable": weights, "ema": None, "config": cfg})
+    out = tmp_path / "lora.safetensors"
+    assert main(["export-checkpoint", str(tmp_path / "run"), "--out", str(out), "--dtype", "bf16"]) == 0
+    assert "LoRA adapter (diffusers format: pipe.load_lora_weights), 2 tensors" in capsys.readouterr().out
+    with safe_open(str(out), framework="pt") as f:
+        assert sorted(f.keys()) == [f"unet.down_blocks.0.attentions.0.to_q.lora_{ab}.weight" for ab in "AB"]
+        assert f.get_tensor("unet.down_blocks.0.attentions.0.to_q.lora_B.weight").dtype == torch.bfloat16
+        adapter = json.loads(f.metadata()["lora_adapter_metadata"])
+    assert adapter == {"unet.r": 4, "unet.lora_alpha": 8, "unet.target_modules": ["to_q", "to_k", "to_v", "to_out.0"]}
+    assert main(["export-checkpoint", str(tmp_path / "run"), "--out", str(out), "--ema"]) == 2
+    assert "holds no EMA (its run had train.ema_decay=null): export it without --ema" in capsys.readouterr().err
+    assert main(["export-checkpoint", str(tmp_path / "nothing"), "--out", str(out)]) == 2
+    assert "expected a run folder, its checkpoints/ folder, a step-XXXXXXXX.pt file" in capsys.readouterr().err
+
+
 # ------------------------------------------------------------------ 2 processes <-> 1 on gloo
 def full_state(trainer) -> dict:
     """The trainer's whole weights, EMA and AdamW state (by parameter name): a collective under FSDP."""

@@ -45,7 +45,7 @@ from progrpo_fast.train.checkpoint import (
     capture_rng_state,
 )
 
-__all__ = ["RunCheckpoints", "ShardedCheckpointStore", "load_trainer", "newest_checkpoint", "save_trainer"]
+__all__ = ["RunCheckpoints", "ShardedCheckpointStore", "load_trainer", "newest_checkpoint", "save_trainer", "training_tensors"]
 
 logger = logging.getLogger(__name__)
 
@@ -269,9 +269,9 @@ class ShardedCheckpointStore:
             if not re.fullmatch(r"[0-9a-f]{64}", digest) or not name or "/" in name:
                 raise CorruptCheckpointError(f"checkpoint {path}: {MANIFEST} has a malformed line {line!r}")
             entries.append((name, digest))
-        names = {name for name, _ in entries}
-        if not {SHARED_FILE, ".metadata"} <= names:
-            raise CorruptCheckpointError(f"checkpoint {path}: {MANIFEST} lists neither {SHARED_FILE} nor .metadata")
+        missing = sorted({SHARED_FILE, ".metadata"} - {name for name, _ in entries})
+        if missing:
+            raise CorruptCheckpointError(f"checkpoint {path}: {MANIFEST} does not list {' or '.join(missing)}")
         return entries
 
     @staticmethod
