@@ -1,4 +1,4 @@
-"""Command line: ``progrpo-fast {train,sample,bench,info}`` (also ``python -m progrpo_fast``)."""
+"""Command line: ``progrpo-fast {train,sample,export-checkpoint,bench,info}`` (also ``python -m progrpo_fast``)."""
 from __future__ import annotations
 
 import argparse
@@ -109,6 +109,21 @@ def command_sample(args) -> int:
     return 0
 
 
+def command_export_checkpoint(args) -> int:
+    from progrpo_fast.ops.dtypes import DTYPES
+    from progrpo_fast.train.checkpoint import CorruptCheckpointError
+    from progrpo_fast.train.export import export_checkpoint
+
+    try:
+        done = export_checkpoint(args.source, args.out, ema=args.ema, dtype=DTYPES[args.dtype] if args.dtype else None)
+    except (FileNotFoundError, CorruptCheckpointError) as err:
+        raise ValueError(str(err)) from err
+    what = "LoRA adapter (diffusers format: pipe.load_lora_weights)" if done["lora"] else "full network weights"
+    print(f"wrote {done['out']}: {what}{' (EMA)' if done['ema'] else ''}, {done['tensors']} tensors, {done['bytes'] / 2**20:.1f} MiB, "
+          f"from {done['checkpoint']} (iteration {done['iteration']})")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="progrpo-fast", description="Pro-GRPO: expand-and-prune GRPO for diffusion/flow models")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -132,6 +147,13 @@ def main(argv: list[str] | None = None) -> int:
     sample.add_argument("--per-prompt", type=int, default=4)
     sample.add_argument("--seed", type=int, default=0)
     sample.add_argument("--out", default="samples.png")
+    export = commands.add_parser("export-checkpoint", help="write a checkpoint's trained weights (LoRA or full) to one safetensors file")
+    export.add_argument("source", metavar="RUN_OR_CHECKPOINT",
+                        help="a run folder (its newest valid checkpoint), a checkpoints/ folder, a step-XXXXXXXX.pt file or a "
+                             "step-XXXXXXXX.dcp folder (sharded, train.parallel=fsdp)")
+    export.add_argument("--out", required=True, help="the safetensors file to write, e.g. model.safetensors")
+    export.add_argument("--ema", action="store_true", help="export the EMA of the weights (runs with train.ema_decay set)")
+    export.add_argument("--dtype", choices=["fp32", "bf16", "fp16"], default=None, help="cast the weights (default: as saved)")
     argv = sys.argv[1:] if argv is None else list(argv)
     if argv[:1] == ["bench"]:
         from progrpo_fast.bench import main as bench
@@ -164,7 +186,7 @@ def main(argv: list[str] | None = None) -> int:
     from progrpo_fast.train.trainer import DivergedError
 
     try:
-        return {"train": command_train, "sample": command_sample}[args.command](args)
+        return {"train": command_train, "sample": command_sample, "export-checkpoint": command_export_checkpoint}[args.command](args)
     except ValueError as err:
         print(f"progrpo-fast {args.command}: error: {err}", file=sys.stderr)
         return 2

@@ -39,10 +39,12 @@ def config(tmp_path, *extra):
 
 
 def trainable(summary_dir):
-    from progrpo_fast.train.checkpoint import CheckpointStore
+    """(step, trainable weights by name) of the run's newest checkpoint, one file or sharded."""
+    from progrpo_fast.train.export import read_weights
+    from progrpo_fast.train.sharded_checkpoint import newest_checkpoint
 
-    step, state = CheckpointStore(summary_dir / "checkpoints").latest()
-    return step, state["trainable"]
+    weights, _, iteration = read_weights(newest_checkpoint(summary_dir / "checkpoints"))
+    return iteration, weights
 
 
 # ------------------------------------------------------------------ objective

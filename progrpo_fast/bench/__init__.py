@@ -22,6 +22,7 @@ BENCHMARKS = {
     "wan_video": "progrpo_fast.bench.wan_video",
     "default": "progrpo_fast.bench.default_run",
     "foreign": "progrpo_fast.bench.foreign",
+    "sharded_checkpoint": "progrpo_fast.bench.sharded_checkpoint",
 }
 
 

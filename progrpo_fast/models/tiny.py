@@ -226,21 +226,23 @@ def tiny_wan_pipeline(seed: int = 0, expand_timesteps: bool = False):
                        scheduler=FlowMatchEulerDiscreteScheduler(shift=3.0), transformer=transformer, expand_timesteps=expand_timesteps)
 
 
+QWEN_IMAGE_TRANSFORMER = {"patch_size": 2, "in_channels": 64, "out_channels": 16, "num_layers": 60, "attention_head_dim": 128,
+                          "num_attention_heads": 24, "joint_attention_dim": 3584, "guidance_embeds": False, "axes_dims_rope": (16, 56, 56)}
+
+
 def qwen_image_sized_pipeline(seed: int = 0, device="cpu"):
     """A random-weight QwenImagePipeline at Qwen-Image's size, for timing: the published transformer
-    config (Qwen/Qwen-Image: 60 MMDiT blocks, 24 heads x 128, 3584-wide text, 64 packed latent
-    channels, RoPE axes (16, 56, 56); 2.04e10 parameters) and its VAE (z_dim 16, 8x down); the text
-    encoder keeps Qwen2.5-VL-7B's width (3584, 28 heads, 4 KV heads) with one layer, since text
-    encoding runs once per prompt."""
+    config (QWEN_IMAGE_TRANSFORMER, from Qwen/Qwen-Image: 60 MMDiT blocks, 24 heads x 128,
+    3584-wide text, 64 packed latent channels, RoPE axes (16, 56, 56); 2.04e10 parameters) and its
+    VAE (z_dim 16, 8x down); the text encoder keeps Qwen2.5-VL-7B's width (3584, 28 heads, 4 KV
+    heads) with one layer, since text encoding runs once per prompt."""
     from diffusers import AutoencoderKLQwenImage, FlowMatchEulerDiscreteScheduler, QwenImagePipeline, QwenImageTransformer2DModel
     from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
 
     tokenizer = qwen_like_tokenizer()
     torch.manual_seed(seed)
     with torch.device(device):
-        transformer = QwenImageTransformer2DModel(patch_size=2, in_channels=64, out_channels=16, num_layers=60, attention_head_dim=128,
-                                                  num_attention_heads=24, joint_attention_dim=3584, guidance_embeds=False,
-                                                  axes_dims_rope=(16, 56, 56)).eval()
+        transformer = QwenImageTransformer2DModel(**QWEN_IMAGE_TRANSFORMER).eval()
         vae = AutoencoderKLQwenImage(base_dim=96, z_dim=16, dim_mult=[1, 2, 4, 4], num_res_blocks=2,
                                      temperal_downsample=[False, True, True]).eval()
         text = {"hidden_size": 3584, "intermediate_size": 18944, "num_hidden_layers": 1, "num_attention_heads": 28,

@@ -238,7 +238,8 @@ class TrainConfig:
     mixed_precision: autocast dtype: "no", "bf16" or "fp16".
     parallel: with several processes (torchrun), "ddp" replicates the network and all-reduces the
         gradients; "fsdp" shards weights, gradients and optimizer state across the ranks (FSDP2
-        fully_shard on each block of the network's block lists, then on the whole network).
+        fully_shard on each block of the network's block lists, then on the whole network) and
+        saves checkpoints sharded (train.sharded_checkpoint), resumable on any number of processes.
     recompute_old_logprobs: before the update, recompute the old log-probs with the current
         weights in the trainer's own minibatch layout (no grad), so the first inner step's ratio
         is exactly 1 even where the sampler's batch shapes give other rounding (bf16); costs one

@@ -11,12 +11,12 @@ import time
 from pathlib import Path
 
 from progrpo_fast.train.build import build_model, build_prompts, build_reward
-from progrpo_fast.train.checkpoint import CheckpointStore
 from progrpo_fast.train.evaluate import evaluation_summary, evaluations
 from progrpo_fast.train.graceful_stop import GracefulStop
 from progrpo_fast.train.report import evaluation_curves, plot_reward_curve, save_before_after, trajectory_step_savings
-from progrpo_fast.train.resume_check import apply_optimizer_settings, check_resume
+from progrpo_fast.train.resume_check import apply_optimizer_settings
 from progrpo_fast.train.run_folder import RunFolder, open_run_folder
+from progrpo_fast.train.sharded_checkpoint import RunCheckpoints
 from progrpo_fast.train.trainer import Distributed, Trainer, write_jsonl
 
 
@@ -74,20 +74,6 @@ class Loggers:
             self.wandb.finish()
 
 
-def resumable_state(store: CheckpointStore, config) -> dict | None:
-    """The newest valid checkpoint of the store's run, after check_resume (its continuable
-    changes printed in one line); None when the run has none yet."""
-    found = store.latest()
-    if found is None:
-        print(f"[progrpo-fast] --resume: no valid checkpoint of run {store.run_id} in {store.directory}, starting from iteration 0")
-        return None
-    step, state = found
-    notes = check_resume(state, config, str(store.path(step)))
-    if notes:
-        print(f"[progrpo-fast] --resume: continuing run {store.run_id} from iteration {step} with changes: {'; '.join(notes)}")
-    return state
-
-
 def train(config, resume: bool = False, model=None, reward=None, overwrite: str | None = None) -> dict:
     """Runs config.train.iterations iterations in the run folder log.out_dir (train.run_folder: one
     run per folder, locked while it trains): a new run, or with ``resume`` the folder's run from its
@@ -108,16 +94,16 @@ def run_in(folder: RunFolder, config, dist: Distributed, model, reward) -> dict:
     from tqdm import tqdm
 
     out_dir = folder.directory
-    store = CheckpointStore(out_dir / "checkpoints", config.log.keep_last, run_id=folder.run_id)
-    resumed = resumable_state(store, config) if folder.resumed else None  # checked before the model is built
     model = model or build_model(config.model)
     reward = reward or build_reward(config)
     trainer = Trainer(config, model, reward, build_prompts(config), dist)
-    if resumed is not None:
-        trainer.load_state_dict(resumed)
-        apply_optimizer_settings(trainer.optimizer, config.train)
-        del resumed  # its CPU copy of the state (the whole network when fully fine-tuning)
-        print(f"[progrpo-fast] resumed run {folder.run_id} from iteration {trainer.iteration} ({store.directory})")
+    store = RunCheckpoints(out_dir / "checkpoints", config.log.keep_last, trainer, run_id=folder.run_id)
+    if folder.resumed:
+        if store.restore(config) is None:
+            print(f"[progrpo-fast] --resume: no valid checkpoint of run {folder.run_id} in {store.directory}, starting from iteration 0")
+        else:
+            apply_optimizer_settings(trainer.optimizer, config.train)
+            print(f"[progrpo-fast] resumed run {folder.run_id} from iteration {trainer.iteration} ({store.directory})")
     main_rank = dist.rank == 0
     evaluates = bool(config.log.eval_prompts) and (main_rank or dist.sharded)  # a sharded network needs every rank
     loggers = Loggers(config, out_dir, trainer.iteration if folder.resumed else None) if main_rank else None
@@ -140,14 +126,13 @@ def run_in(folder: RunFolder, config, dist: Distributed, model, reward) -> dict:
             history.append(metrics)
             due = (trainer.iteration % config.log.checkpoint_every == 0 or trainer.iteration == config.train.iterations
                    or stopped_by is not None)
-            checkpoint = trainer.state_dict() if due and (main_rank or dist.sharded) else None
             if main_rank:
                 loggers.log(metrics)
                 bar.set_postfix(reward=f"{metrics['reward_mean']:.3f}", kl=f"{metrics['kl']:.2e}",
                                 steps_per_s=f"{metrics['trajectory_steps_per_s']:.0f}")
                 bar.update(1)
-                if checkpoint is not None:
-                    store.save(trainer.iteration, checkpoint)
+            if due:
+                store.save()  # every rank: sharded (train.parallel=fsdp) or rank 0's one file
         bar.close()
         summary.update(iterations=trainer.iteration, seconds=time.perf_counter() - started, history=history,
                        **trajectory_step_savings(trainer.schedule))

@@ -84,6 +84,8 @@ class Distributed:
     def from_environment(cls, parallel: str = "ddp") -> Distributed:
         world = int(os.environ.get("WORLD_SIZE", "1"))
         if world > 1 and not torch.distributed.is_initialized():
+            if torch.cuda.is_available():  # one GPU per process of a node (torchrun's LOCAL_RANK), not all on cuda:0
+                torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")) % torch.cuda.device_count())
             backend = "nccl" if torch.cuda.is_available() else "gloo"
             torch.distributed.init_process_group(backend)
         return cls(int(os.environ.get("RANK", "0")), world, sharded=world > 1 and parallel == "fsdp")
@@ -444,7 +446,8 @@ class Trainer:
 
     # ------------------------------------------------------------------ state
     def state_dict(self) -> dict:
-        """The whole (unsharded) training state; under FSDP a collective that every rank calls."""
+        """The whole (unsharded) training state; under FSDP a collective that every rank calls
+        (train.sharded_checkpoint saves FSDP runs without gathering)."""
         from progrpo_fast.train.checkpoint import capture_rng_state
 
         return {
@@ -458,8 +461,6 @@ class Trainer:
         }
 
     def load_state_dict(self, state: dict) -> None:
-        from progrpo_fast.train.checkpoint import restore_rng_state
-
         saved = state["trainable"]
         if list(saved) != self.parameter_names:
             raise ValueError("the checkpoint's trainable parameters do not match this model/config (different LoRA targets or rank?)")
@@ -467,16 +468,28 @@ class Trainer:
             for name, p in zip(self.parameter_names, self.parameters):
                 p.copy_(shard_like(saved[name], p))
         self._load_optimizer_state(state["optimizer"])
-        if self.config.train.ema_decay is None:  # EMA off in this config: the checkpoint's EMA (if any) is not kept
-            self.ema = None
-        elif state["ema"] is None:  # EMA switched on at resume: it starts from the resumed weights
-            self.ema = self._fresh_ema()
-        else:
-            self.ema = [shard_like(e, p) for e, p in zip(state["ema"], self.parameters)]
-        if state.get("probe") is not None:
-            self.proxy.load_state_dict(state["probe"])
-        restore_rng_state(state["rng"])
-        self.iteration = state["iteration"]
+        self.ema = self.resumed_ema(state["ema"])
+        self.restore_host_state(state.get("probe"), state["rng"], state["iteration"])
+
+    def resumed_ema(self, saved: list | None) -> list | None:
+        """The EMA after a resume: None when this config has EMA off (the checkpoint's, if any, is
+        dropped), the resumed weights when EMA is switched on at resume (``saved`` is None), else
+        ``saved`` (whole tensors, sharded like the parameters; or already in place)."""
+        if self.config.train.ema_decay is None:
+            return None
+        if saved is None:
+            return self._fresh_ema()
+        return [shard_like(e, p) for e, p in zip(saved, self.parameters)]
+
+    def restore_host_state(self, probe, rng: dict, iteration: int) -> None:
+        """Restores the state a checkpoint keeps besides tensors: the pruning probe's (None:
+        nothing), every RNG's and the iteration."""
+        from progrpo_fast.train.checkpoint import restore_rng_state
+
+        if probe is not None:
+            self.proxy.load_state_dict(probe)
+        restore_rng_state(rng)
+        self.iteration = iteration
 
     def _optimizer_state(self) -> dict:
         if not self.dist.sharded:
@@ -490,7 +503,7 @@ class Trainer:
         if state["state"] and saved_sharded != self.dist.sharded:
             saved, now = ("fsdp", "ddp or one process") if saved_sharded else ("ddp or one process", "fsdp")
             raise ValueError(f"the checkpoint was written with train.parallel={saved} but this run uses {now}; "
-                             "resume with the same train.parallel and number of processes")
+                             "resume with the same train.parallel")
         if not self.dist.sharded:
             self.optimizer.load_state_dict(state)
             return
