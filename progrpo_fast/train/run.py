@@ -10,6 +10,7 @@ from pathlib import Path
 
 from progrpo_fast.train.build import build_model, build_prompts, build_reward
 from progrpo_fast.train.checkpoint import CheckpointStore
+from progrpo_fast.train.determinism import make_deterministic
 from progrpo_fast.train.evaluate import evaluation_summary, evaluations
 from progrpo_fast.train.report import evaluation_curves, plot_reward_curve, save_before_after, trajectory_step_savings
 from progrpo_fast.train.trainer import Distributed, Trainer, write_jsonl
@@ -75,6 +76,8 @@ def train(config, resume: bool = False, model=None, reward=None) -> dict:
     ``resume``); returns a summary with the first and last iterations' metrics."""
     from tqdm import tqdm
 
+    if config.train.deterministic:
+        make_deterministic()
     dist = Distributed.from_environment(config.train.parallel)
     out_dir = Path(config.log.out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
