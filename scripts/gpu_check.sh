@@ -2,7 +2,8 @@
 # One-shot GPU acceptance run: build the CUDA extension, run the CUDA tests, the op
 # microbenchmarks at SD3.5-M shapes (GB/s against the measured copy bandwidth), CUDA-graph vs
 # eager sampling, SD3.5-M-sized GRPO throughput (naive-24 vs Pro-GRPO with the latent and the
-# reward proxy) and the stepping pruner's share of a Flow-GRPO-shaped sampler loop; results in benchmarks/results/*_cuda.{json,csv,md}, one summary table last.
+# reward proxy), the stepping pruner's share of a Flow-GRPO-shaped sampler loop and a short convergence run of the
+# shapes task (one process per seed); results in benchmarks/results/*_cuda.{json,csv,md}, one summary table last.
 #
 #   bash scripts/gpu_check.sh             # on one H100/H200: under 8 minutes
 #   bash scripts/gpu_check.sh --dry-run   # every stage at toy size on a CPU (under a minute; CI runs it)
@@ -87,6 +88,35 @@ stage "pruning inside a foreign sampler loop"
 if [[ $DRY_RUN == 1 ]]; then FOREIGN=(--schedule 4:1=2@3 --prompts 1 --rounds 1); else
   FOREIGN=(--schedule 16:5=8,7=4@10 --prompts 4 --rounds 4); fi
 "$PYTHON" -m progrpo_fast bench foreign "${FOREIGN[@]}" --tag "$TAG" --out "$RESULTS"
+
+stage "convergence: shapes task, one process per seed"
+# bench convergence with every seed in its own process at once (one CPU thread each), all adding to one
+# results file under its lock; a rerun resumes it. GPU_CHECK_CONVERGENCE_SEEDS / _BUDGET size it.
+if [[ $DRY_RUN == 1 ]]; then
+  CONVERGENCE_SEEDS=${GPU_CHECK_CONVERGENCE_SEEDS:-2}
+  CONVERGENCE=(--methods naive-4,pro-grpo-reward --budget "${GPU_CHECK_CONVERGENCE_BUDGET:-1}" --evaluations 1
+               --set sampler.schedule=4:2=2,3=1@5 --set sampler.prompts_per_iteration=1 --set train.lora_rank=4 --set train.lora_alpha=8
+               --set log.eval_prompts=2 --set log.eval_per_prompt=2 --set prompts.pool=8)
+else
+  CONVERGENCE_SEEDS=${GPU_CHECK_CONVERGENCE_SEEDS:-16}
+  CONVERGENCE=(--budget "${GPU_CHECK_CONVERGENCE_BUDGET:-20}" --evaluations 10 --set log.eval_prompts=48)
+fi
+LOGS="$RESULTS/convergence_${TAG}_logs"
+mkdir -p "$LOGS"
+PIDS=()
+for ((seed = 0; seed < CONVERGENCE_SEEDS; seed++)); do
+  OMP_NUM_THREADS=1 "$PYTHON" -m progrpo_fast bench convergence --seeds "$seed-$seed" "${CONVERGENCE[@]}" --tag "$TAG" --out "$RESULTS" \
+    > "$LOGS/seed$seed.log" 2>&1 &
+  PIDS+=($!)
+done
+FAILED=0
+for pid in "${PIDS[@]}"; do wait "$pid" || FAILED=$((FAILED + 1)); done
+if [[ $FAILED == 0 ]]; then  # trains nothing (every seed is in the file): the table over all seeds, written once
+  "$PYTHON" -m progrpo_fast bench convergence --seeds "$CONVERGENCE_SEEDS" "${CONVERGENCE[@]}" --tag "$TAG" --out "$RESULTS"
+else
+  echo "CONVERGENCE: $FAILED of $CONVERGENCE_SEEDS seed processes failed (logs in $LOGS); continuing"
+  tail -n 5 "$LOGS"/seed*.log
+fi
 
 if [[ "${GPU_CHECK_VIDEO:-0}" == 1 ]]; then  # optional (about 2 more minutes on an H200): Wan2.1-1.3B-sized video GRPO
   stage "video: Pro-GRPO vs naive GRPO on Wan"

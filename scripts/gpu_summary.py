@@ -1,5 +1,6 @@
 """The summary table of scripts/gpu_check.sh: each GPU target, what the run measured, and whether
-it is met. Reads RESULTS/{gpu_tests,ops,graphs,throughput,foreign_sampler}_TAG.* and writes RESULTS/gpu_check_TAG.md.
+it is met. Reads RESULTS/{gpu_tests,ops,graphs,throughput,foreign_sampler,convergence_summary}_TAG.* and writes
+RESULTS/gpu_check_TAG.md.
 
     python scripts/gpu_summary.py benchmarks/results cuda
 """
@@ -48,7 +49,8 @@ def verdict(value, ok) -> str:
 
 def main() -> None:
     results, tag = Path(sys.argv[1]), sys.argv[2]
-    ops, graphs, throughput, foreign = (load(results / f"{name}_{tag}.json") for name in ("ops", "graphs", "throughput", "foreign_sampler"))
+    ops, graphs, throughput, foreign, convergence = (load(results / f"{name}_{tag}.json") for name in
+                                                     ("ops", "graphs", "throughput", "foreign_sampler", "convergence_summary"))
     rows = [tests_row(results, tag)]
     for op, target in (("prune_select", 0.8), ("compact_", 0.7)):
         share = copy_share(ops, op)
@@ -80,6 +82,10 @@ def main() -> None:
         rows.append([f"StepPruner calls' share of a Flow-GRPO-shaped loop ({row['schedule']}, {row['proxy']} proxy)",
                      f"{row['pruner_share']:.2%} (pruned loop {row['pruned_vs_naive_gmax']:.2f}x of unpruned G_max)", "<= 1%",
                      verdict(row["pruner_share"], lambda s: s <= 0.01)])
+    converged = (convergence or {}).get("rows", [])
+    for row in converged[1:]:  # the first row is the reference
+        rows.append([f"convergence speed-up over {converged[0]['method']}, shapes task, {row['method']} ({row['seeds']} seeds)",
+                     f"to 50% of its gain {row['speedup_50_text']}, to 90% {row['speedup_90_text']}", "-", "-"])
     if throughput is not None:  # the throughput table as Markdown beside its JSON
         from progrpo_fast.bench.results import markdown_table
         from progrpo_fast.bench.throughput import COLUMNS

@@ -230,7 +230,7 @@ def test_paired_methods_share_noise_naive_k_takes_the_first_ids_of_each_group():
 
 def test_reward_per_compute_is_resumable_and_refuses_another_setup(tmp_path, monkeypatch):
     methods = [Method("naive-2", "2@8", id_stride=4), Method("pro-grpo-random", "4:3=2@8", proxy="random")]
-    overrides = [*SMALL, "sampler.noise_steps=[0]", "log.eval_prompts=1", "log.eval_per_prompt=2"]
+    overrides = [*SMALL, "sampler.noise_steps=[0]", "log.eval_prompts=2", "log.eval_per_prompt=2"]
     path = tmp_path / "reward.json"
     rows = reward.reward_per_compute(None, methods, [0], 1, 1, path, "test", overrides)
     assert {(r["method"], r["seed"]) for r in rows} == {("naive-2", 0), ("pro-grpo-random", 0)}

@@ -15,6 +15,7 @@ from pathlib import Path
 BENCHMARKS = {
     "throughput": "progrpo_fast.bench.throughput",
     "reward": "progrpo_fast.bench.reward",
+    "convergence": "progrpo_fast.bench.convergence",
     "selection": "progrpo_fast.bench.selection",
     "snr": "progrpo_fast.bench.snr",
     "clustering": "progrpo_fast.bench.clustering",

@@ -88,9 +88,13 @@ def method_config(base: str | None, method: Method, overrides=()):
 
 
 def build_trainer(config):
+    """A Trainer of ``config`` (with train.deterministic, the process's arithmetic fixed first)."""
     from progrpo_fast.train.build import build_model, build_prompts, build_reward
+    from progrpo_fast.train.determinism import make_deterministic
     from progrpo_fast.train.trainer import Trainer
 
+    if config.train.deterministic:
+        make_deterministic()
     model = build_model(config.model)
     reward = build_reward(config)
     return Trainer(config, model, reward, build_prompts(config))

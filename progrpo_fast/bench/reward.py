@@ -54,9 +54,10 @@ def evaluation_iterations(iterations: int, evaluations: int) -> list[int]:
 
 def train_curve(base: str | None, method: Method, seed: int, iterations: int, evaluations: int, overrides=(), observe=None) -> list[dict]:
     """Trains ``method`` for ``iterations`` with train.seed = ``seed``; one record per evaluation
-    (iteration 0 included): iteration, training wall seconds so far, held-out evaluation reward.
-    ``observe(trainer)``, if given, runs after every iteration."""
-    from progrpo_fast.train.evaluate import evaluate
+    (iteration 0 included): iteration, training wall seconds so far, held-out evaluation reward and
+    its standard error over the evaluation prompts. ``observe(trainer)``, if given, runs after every
+    iteration."""
+    from progrpo_fast.train.evaluate import evaluate, standard_error
 
     config = method_config(base, method, [*overrides, f"train.seed={seed}", f"train.iterations={iterations}"])
     trainer = build_trainer(config)
@@ -64,7 +65,8 @@ def train_curve(base: str | None, method: Method, seed: int, iterations: int, ev
 
     def point(seconds: float) -> dict:
         result = evaluate(config, trainer.model, trainer.reward, held_out=True, step_context=trainer.step_context)
-        return {"iteration": trainer.iteration, "train_wall_s": seconds, "eval_reward": result["reward_mean"]}
+        return {"iteration": trainer.iteration, "train_wall_s": seconds, "eval_reward": result["reward_mean"],
+                "eval_se": standard_error(result["rewards"].mean(1))}
 
     points, seconds = [point(0.0)], 0.0
     for _ in range(iterations):
@@ -88,11 +90,11 @@ def setup_of(base, methods, budget_iterations, evaluations, overrides) -> dict:
 
 
 def reward_per_compute(base: str | None, methods: list[Method], seeds: list[int], budget_iterations: int, evaluations: int,
-                       path: Path, command: str, overrides=(), only: set[str] | None = None) -> list[dict]:
+                       path: Path, command: str, overrides=(), only: set[str] | None = None, label: str = "bench reward") -> list[dict]:
     """Trains every (method, seed) not yet in ``path`` (of the methods named in ``only``, when
     given) on the FLOP budget of ``budget_iterations`` iterations of the first method, adding each
     to ``path`` when it finishes; returns all rows (method, seed, iteration, tflops, train_wall_s,
-    eval_reward)."""
+    eval_reward, eval_se). ``label`` prefixes the progress lines."""
     overrides = [*overrides, "log.progress=false"]
     setup, empty = setup_of(base, methods, budget_iterations, evaluations, overrides), {"flops_per_iteration": {}, "rows": []}
     per_iteration = dict(load_results(path, setup, empty)["flops_per_iteration"])
@@ -107,7 +109,7 @@ def reward_per_compute(base: str | None, methods: list[Method], seeds: list[int]
             if (only is not None and method.name not in only) or (method.name, seed) in finished(load_results(path, setup, empty)):
                 continue
             iterations = max(1, round(budget / per_iteration[method.name]))
-            print(f"[bench reward] {method.name} seed {seed}: {iterations} iterations "
+            print(f"[{label}] {method.name} seed {seed}: {iterations} iterations "
                   f"({per_iteration[method.name] / 1e12:.4f} TFLOPs each)", flush=True)
             points = train_curve(base, method, seed, iterations, evaluations, overrides)
             rows = [{"method": method.name, "seed": seed, **p, "tflops": p["iteration"] * per_iteration[method.name] / 1e12}
@@ -116,6 +118,19 @@ def reward_per_compute(base: str | None, methods: list[Method], seeds: list[int]
                                      lambda payload, method=method, seed=seed, rows=rows:
                                      None if (method.name, seed) in finished(payload) else payload["rows"].extend(rows))
     return payload["rows"]
+
+
+def summarize_file(path: Path, command: str, reference: str, order: list[str], summarize) -> tuple[list[dict], list[str], list[dict]]:
+    """``summarize(rows, names)`` of every method in the results file (other processes' included),
+    ``reference`` first, then those of ``order`` present; stored as the file's "summary" under its
+    lock. Returns (rows, names, summary)."""
+    with locked(path):
+        payload = json.loads(path.read_text())
+        present = {r["method"] for r in payload["rows"]}
+        names = [reference, *(name for name in order if name in present and name != reference)]
+        summary = payload["summary"] = summarize(payload["rows"], names)
+        save_results(path, payload, command)
+    return payload["rows"], names, summary
 
 
 def finished(payload: dict) -> set[tuple[str, int]]:
@@ -146,14 +161,25 @@ def compute_to_reach(curve: list[tuple[float, float]], target: float) -> float |
     return None
 
 
+def bootstrap_picks(count: int, draws: int, seed: int = 0) -> torch.Tensor:
+    """(draws, count) indices drawn with replacement from range(count): the bootstrap's resamples."""
+    return torch.randint(count, (draws, count), generator=torch.Generator().manual_seed(seed))
+
+
+def percentile_interval(values, level: float = 0.95) -> tuple[float, float]:
+    """The central ``level`` interval of ``values`` by sorted position (inf values sort last; NaN
+    values are dropped; NaN bounds when nothing is left): the percentile bootstrap's CI."""
+    values = sorted(v for v in map(float, values) if not math.isnan(v))
+    if not values:
+        return math.nan, math.nan
+    return values[int((1 - level) / 2 * len(values))], values[min(len(values) - 1, int((1 + level) / 2 * len(values)))]
+
+
 def bootstrap_ci(statistic, seeds: list[int], draws: int = 10000, level: float = 0.95, seed: int = 0) -> tuple[float, float]:
     """Percentile bootstrap CI of statistic(resampled seeds) over seeds drawn with replacement
     (a statistic may return inf, e.g. "never reached"; NaN draws are dropped)."""
-    gen = torch.Generator().manual_seed(seed)
-    picks = torch.randint(len(seeds), (draws, len(seeds)), generator=gen).tolist()
-    values = sorted(v for v in (statistic([seeds[i] for i in pick]) for pick in picks) if not math.isnan(v))
-    low, high = values[int((1 - level) / 2 * len(values))], values[min(len(values) - 1, int((1 + level) / 2 * len(values)))]
-    return low, high
+    picks = bootstrap_picks(len(seeds), draws, seed).tolist()
+    return percentile_interval((statistic([seeds[i] for i in pick]) for pick in picks), level)
 
 
 def summarize(rows: list[dict], methods: list[str], draws: int = 10000) -> list[dict]:
@@ -208,29 +234,37 @@ def plot(rows: list[dict], methods: list[str], path: Path) -> Path:
     return save_figure(fig, path)
 
 
-def add_arguments(parser) -> None:
+def add_paired_arguments(parser, methods: str, seeds: int, budget: int, evaluations: int) -> None:
+    """The options of a paired, resumable benchmark (bench reward, bench convergence) with its
+    defaults (``methods``: the default list in words)."""
     parser.add_argument("--methods", default=None, help="comma-separated methods, the first the reference and the budget's unit "
-                                                        "(default: naive-G_max, naive-K, static-ovf, pro-grpo-<each proxy>)")
+                                                        f"(default: {methods})")
     parser.add_argument("--only", default=None, help="train only these of --methods (comma-separated), e.g. while another process "
                                                      "trains the others into the same file")
-    parser.add_argument("--seeds", type=seed_range, default="8", help="seeds per method: N for 0..N-1, or A-B (default 8)")
-    parser.add_argument("--budget", type=int, default=40, help="FLOP budget in iterations of the first method (default 40)")
-    parser.add_argument("--evaluations", type=int, default=4, help="evaluations along the budget, besides iteration 0 (default 4)")
+    parser.add_argument("--seeds", type=seed_range, default=str(seeds), help=f"seeds per method: N for 0..N-1, or A-B (default {seeds})")
+    parser.add_argument("--budget", type=int, default=budget, help=f"FLOP budget in iterations of the first method (default {budget})")
+    parser.add_argument("--evaluations", type=int, default=evaluations,
+                        help=f"evaluations along the budget, besides iteration 0 (default {evaluations})")
+
+
+def train_paired(args, command: str, methods_of, path: Path, label: str) -> list[Method]:
+    """reward_per_compute for the options of add_paired_arguments, the methods from
+    ``methods_of(config, overrides)``; returns the methods of --methods."""
+    methods = select_methods(methods_of(args.config, args.overrides), args.methods)
+    only = None if args.only is None else {m.name for m in select_methods(methods, args.only)}
+    reward_per_compute(args.config, methods, args.seeds, args.budget, args.evaluations, path, command, args.overrides, only, label)
+    return methods
+
+
+def add_arguments(parser) -> None:
+    add_paired_arguments(parser, "naive-G_max, naive-K, static-ovf, pro-grpo-<each proxy>", seeds=8, budget=40, evaluations=4)
 
 
 def run(args, command: str, tag: str) -> Path:
-    methods = select_methods(default_methods(args.config, args.overrides), args.methods)
     path = args.out / f"reward_per_compute_{tag}.json"
-    only = None if args.only is None else {m.name for m in select_methods(methods, args.only)}
-    reward_per_compute(args.config, methods, args.seeds, args.budget, args.evaluations, path, command, args.overrides, only)
-    with locked(path):  # the summary covers every method in the file, other processes' included
-        payload = json.loads(path.read_text())
-        present = {r["method"] for r in payload["rows"]}
-        names = [m.name for m in default_methods(args.config, args.overrides) if m.name in present]
-        names = [methods[0].name, *(name for name in names if name != methods[0].name)]
-        rows = payload["rows"]
-        summary = payload["summary"] = summarize(rows, names)
-        save_results(path, payload, command)
+    methods = train_paired(args, command, default_methods, path, "bench reward")
+    order = [m.name for m in default_methods(args.config, args.overrides)]
+    rows, names, summary = summarize_file(path, command, methods[0].name, order, summarize)
     write_results(args.out, f"reward_per_compute_summary_{tag}", summary, command)
     plot(rows, names, args.out / f"reward_per_compute_{tag}.png")
     print(markdown_table(summary, SUMMARY_COLUMNS))

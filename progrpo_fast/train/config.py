@@ -246,6 +246,8 @@ class TrainConfig:
         forward pass per trained row-step.
     gradient_checkpointing: recompute each block's activations in backward instead of storing
         them (diffusers' enable_gradient_checkpointing on the network): same gradients, less memory.
+    deterministic: a seed reproduces bit for bit across processes on one machine: 1 CPU thread and
+        torch's deterministic algorithms (train.determinism); slower on a multi-core CPU.
     """
 
     iterations: int = option(120, at_least(1))
@@ -273,6 +275,7 @@ class TrainConfig:
     parallel: Literal["ddp", "fsdp"] = option("ddp")
     recompute_old_logprobs: bool = option(False)
     gradient_checkpointing: bool = option(False)
+    deterministic: bool = option(False)
 
 
 @dataclass

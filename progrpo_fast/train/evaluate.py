@@ -63,5 +63,11 @@ def paired_change(before: dict, after: dict) -> tuple[float, float]:
     the same prompts and noise: the SE of the mean of the per-prompt changes (samples of one
     prompt are not independent, so the prompt is the unit)."""
     changes = torch.tensor(after["prompt_means"], dtype=torch.float64) - torch.tensor(before["prompt_means"], dtype=torch.float64)
-    se = float(changes.std() / math.sqrt(len(changes))) if len(changes) > 1 else float("nan")
-    return after["reward_mean"] - before["reward_mean"], se
+    return after["reward_mean"] - before["reward_mean"], standard_error(changes)
+
+
+def standard_error(values: torch.Tensor) -> float:
+    """The standard error of the mean of ``values`` (one per prompt): sd / sqrt(n), sd with n - 1;
+    NaN for fewer than 2 values."""
+    values = values.double()
+    return float(values.std() / math.sqrt(len(values))) if len(values) > 1 else float("nan")

@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 
 from progrpo_fast.train.build import build_model, build_prompts, build_reward
+from progrpo_fast.train.determinism import make_deterministic
 from progrpo_fast.train.evaluate import evaluation_summary, evaluations
 from progrpo_fast.train.graceful_stop import GracefulStop
 from progrpo_fast.train.report import evaluation_curves, plot_reward_curve, save_before_after, trajectory_step_savings
@@ -81,6 +82,8 @@ def train(config, resume: bool = False, model=None, reward=None, overwrite: str 
     "delete") replaces a run the folder holds. SIGINT / SIGTERM stop it after the current iteration
     with a checkpoint (train.graceful_stop; the summary's "stopped_by" names the signal). Returns a
     summary with the first and last iterations' metrics."""
+    if config.train.deterministic:
+        make_deterministic()
     dist = Distributed.from_environment(config.train.parallel)
     folder = open_run_folder(config.log.out_dir, config, dist, resume, overwrite)
     try:

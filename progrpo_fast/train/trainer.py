@@ -23,6 +23,7 @@ from progrpo_fast.sampling.graphs import build_sampler
 from progrpo_fast.sampling.proxies import build_proxy
 from progrpo_fast.sampling.sampler import Rollout, available_memory, synchronized_clock
 from progrpo_fast.sampling.schedule import PruneSchedule
+from progrpo_fast.train.determinism import ADAPTER_INIT_STREAM, seeded_global_rng
 from progrpo_fast.train.grpo import group_advantages, kl_to_reference, policy_loss, weighted_group_advantages
 
 AUTOCAST = {"no": None, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -191,8 +192,9 @@ class Trainer:
             from peft import LoraConfig
 
             try:
-                self.network.add_adapter(LoraConfig(r=train.lora_rank, lora_alpha=train.lora_alpha, init_lora_weights="gaussian",
-                                                    target_modules=list(train.lora_targets)))
+                with seeded_global_rng(iteration_seed(train.seed, 0, ADAPTER_INIT_STREAM)):  # peft draws lora_A from the global RNG
+                    self.network.add_adapter(LoraConfig(r=train.lora_rank, lora_alpha=train.lora_alpha, init_lora_weights="gaussian",
+                                                        target_modules=list(train.lora_targets)))
             except ValueError as err:  # peft's NoMatchingPeftModuleError is a ValueError
                 raise ValueError(f"train.lora_targets={list(train.lora_targets)} matched no module of "
                                  f"{type(self.network).__name__} ({err}); "
