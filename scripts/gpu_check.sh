@@ -76,7 +76,7 @@ stage "GRPO throughput: naive-24 vs Pro-GRPO"
 PICKSCORE=/tmp/progrpo-pickscore-random
 if [[ $DRY_RUN == 1 ]]; then
   "$PYTHON" scripts/random_pickscore.py "$PICKSCORE" --tiny >/dev/null
-  THROUGHPUT=(--set "reward.weights={pickscore: 1.0}" --group-size 2 --methods naive-2,pro-grpo-latent,pro-grpo-reward --rounds 1)
+  THROUGHPUT=(--set "reward.weights={pickscore: 1.0}" --group-size 4 --methods naive-4,pro-grpo-latent,pro-grpo-reward --rounds 1)
 else
   "$PYTHON" scripts/random_pickscore.py "$PICKSCORE" >/dev/null
   THROUGHPUT=(--config sd35m_pickscore --set model.kind=sd35m_random --set prompts.source=shapes --set prompts.pool=0
@@ -94,8 +94,8 @@ stage "convergence: shapes task, one process per seed"
 # results file under its lock; a rerun resumes it. GPU_CHECK_CONVERGENCE_SEEDS / _BUDGET size it.
 if [[ $DRY_RUN == 1 ]]; then
   CONVERGENCE_SEEDS=${GPU_CHECK_CONVERGENCE_SEEDS:-2}
-  CONVERGENCE=(--methods naive-4,pro-grpo-reward --budget "${GPU_CHECK_CONVERGENCE_BUDGET:-1}" --evaluations 1
-               --set sampler.schedule=4:2=2,3=1@5 --set sampler.prompts_per_iteration=1 --set train.lora_rank=4 --set train.lora_alpha=8
+  CONVERGENCE=(--methods naive-8,pro-grpo-reward --budget "${GPU_CHECK_CONVERGENCE_BUDGET:-1}" --evaluations 1
+               --set sampler.schedule=8:2=4,3=2@5 --set sampler.prompts_per_iteration=1 --set train.lora_rank=4 --set train.lora_alpha=8
                --set log.eval_prompts=2 --set log.eval_per_prompt=2 --set prompts.pool=8)
 else
   CONVERGENCE_SEEDS=${GPU_CHECK_CONVERGENCE_SEEDS:-16}

@@ -107,21 +107,21 @@ def test_per_seed_offsets_shared_by_both_methods_cancel_in_the_paired_bootstrap(
 
 def test_cli_run_writes_the_table_and_resumes(tmp_path, capsys):
     """2 methods x 2 seeds x 2 iterations on the shapes model, tiny evaluation; a rerun trains nothing."""
-    argv = ["convergence", "--methods", "naive-4,pro-grpo-reward", "--seeds", "2", "--budget", "2", "--evaluations", "2",
+    argv = ["convergence", "--methods", "naive-8,pro-grpo-reward", "--seeds", "2", "--budget", "2", "--evaluations", "2",
             "--out", str(tmp_path), "--tag", "cpu"]
-    for key in ("sampler.schedule=4:2=2,3=1@5", "sampler.prompts_per_iteration=1", "train.lora_rank=4", "train.lora_alpha=8",
+    for key in ("sampler.schedule=8:2=4,3=2@5", "sampler.prompts_per_iteration=1", "train.lora_rank=4", "train.lora_alpha=8",
                 "log.eval_prompts=2", "log.eval_per_prompt=2", "prompts.pool=8"):
         argv += ["--set", key]
     assert bench_main(argv) == 0
     out = capsys.readouterr().out
-    assert out.count("[bench convergence]") == 4 and "| naive-4 |" in out and "| pro-grpo-reward |" in out
+    assert out.count("[bench convergence]") == 4 and "| naive-8 |" in out and "| pro-grpo-reward |" in out
     payload = json.loads((tmp_path / "convergence_cpu.json").read_text())
     rows = payload["rows"]
-    assert {(r["method"], r["seed"]) for r in rows} == {(m, s) for m in ("naive-4", "pro-grpo-reward") for s in (0, 1)}
+    assert {(r["method"], r["seed"]) for r in rows} == {(m, s) for m in ("naive-8", "pro-grpo-reward") for s in (0, 1)}
     assert all({"iteration", "tflops", "eval_reward", "eval_se"} <= set(r) for r in rows)
     # paired: the same evaluation of the same adapter before training in every method of a seed
     assert len({(r["seed"], r["eval_reward"]) for r in rows if r["iteration"] == 0}) <= 2
-    assert [r["method"] for r in payload["summary"]] == ["naive-4", "pro-grpo-reward"]
+    assert [r["method"] for r in payload["summary"]] == ["naive-8", "pro-grpo-reward"]
     assert (tmp_path / "convergence_summary_cpu.csv").exists() and (tmp_path / "convergence_cpu.png").stat().st_size > 0
     assert bench_main(argv) == 0
     assert "[bench convergence]" not in capsys.readouterr().out

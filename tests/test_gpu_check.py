@@ -25,8 +25,8 @@ def test_gpu_check_dry_run_runs_every_stage(tmp_path):
                  "gpu_check_dryrun.md"):
         assert (tmp_path / name).is_file(), name
     converged = json.loads((tmp_path / "convergence_dryrun.json").read_text())["rows"]
-    assert {(r["method"], r["seed"]) for r in converged} == {(m, s) for m in ("naive-4", "pro-grpo-reward") for s in (0, 1)}
-    assert all("[bench convergence] naive-4 seed" in (tmp_path / "convergence_dryrun_logs" / f"seed{s}.log").read_text() for s in (0, 1))
+    assert {(r["method"], r["seed"]) for r in converged} == {(m, s) for m in ("naive-8", "pro-grpo-reward") for s in (0, 1)}
+    assert all("[bench convergence] naive-8 seed" in (tmp_path / "convergence_dryrun_logs" / f"seed{s}.log").read_text() for s in (0, 1))
     summary = (tmp_path / "gpu_check_dryrun.md").read_text()
     assert "| CUDA tests | " in summary and "0 failed" in summary and "iteration time pro-grpo-reward" in summary
-    assert "StepPruner calls' share" in summary and "convergence speed-up over naive-4, shapes task, pro-grpo-reward (2 seeds)" in summary
+    assert "StepPruner calls' share" in summary and "convergence speed-up over naive-8, shapes task, pro-grpo-reward (2 seeds)" in summary

@@ -153,8 +153,8 @@ def add_arguments(parser) -> None:
 
 def run(args, command: str, tag: str) -> Path:
     overrides = [*paper_setting(), *args.overrides]
-    if args.group_size < 2 or args.group_size % 2:
-        raise ValueError(f"--group-size must be an even int >= 2 (Pro-GRPO keeps G/2), got {args.group_size}")
+    if args.group_size < 4 or args.group_size % 2:
+        raise ValueError(f"--group-size must be an even int >= 4 (Pro-GRPO keeps G/2, and a group needs >= 2 rows), got {args.group_size}")
     rows = throughput(args.config, select_methods(throughput_methods(args.group_size), args.methods), args.rounds, overrides)
     path = write_results(args.out, f"throughput_{tag}", rows, command)
     plot_throughput(rows, args.out / f"throughput_{tag}.png")
