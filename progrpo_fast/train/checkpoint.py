@@ -31,6 +31,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from progrpo_fast.ops._checks import is_int
+
 __all__ = ["CheckpointStore", "CorruptCheckpointError", "DiskFullError", "ForeignCheckpointError", "capture_rng_state",
            "raise_if_disk_full", "restore_rng_state"]
 
@@ -67,6 +69,16 @@ def raise_if_disk_full(err: BaseException, path: Path, what: str) -> None:
 
 class ForeignCheckpointError(RuntimeError):
     """A valid checkpoint of another run (or of none: written before run ids)."""
+
+
+def check_keep_last(keep_last) -> None:
+    if not is_int(keep_last) or keep_last < 1:
+        raise ValueError(f"keep_last must be an int >= 1, got {keep_last!r}")
+
+
+def check_step(step) -> None:
+    if not is_int(step) or step < 0:
+        raise ValueError(f"step must be a non-negative int, got {step!r}")
 
 
 class _HashingWriter:
@@ -107,8 +119,7 @@ class CheckpointStore:
     keeping the ``keep_last`` newest valid ones (of run ``run_id`` when given) on disk."""
 
     def __init__(self, directory: str | os.PathLike, keep_last: int = 3, run_id: str | None = None):
-        if not isinstance(keep_last, int) or isinstance(keep_last, bool) or keep_last < 1:
-            raise ValueError(f"keep_last must be an int >= 1, got {keep_last!r}")
+        check_keep_last(keep_last)
         self.directory, self.keep_last, self.run_id = Path(directory), keep_last, run_id
         self._verified: dict[str, tuple[tuple[int, int], str | None]] = {}  # name -> ((size, mtime_ns), run id)
 
@@ -148,8 +159,7 @@ class CheckpointStore:
         """Writes the checkpoint of ``step`` (data, then its sha256 sidecar, each atomically; the
         run id added to the state) and prunes (see the module docstring), never the one just
         written. Returns its path."""
-        if not isinstance(step, int) or isinstance(step, bool) or step < 0:
-            raise ValueError(f"step must be a non-negative int, got {step!r}")
+        check_step(step)
         self.directory.mkdir(parents=True, exist_ok=True)
         self._remove_temporaries()
         path = self.path(step)

@@ -51,9 +51,5 @@ class GracefulStop:
     def agreed(self, dist, device: torch.device) -> str | None:
         """The name of the signal every rank stops for after this iteration (any rank's, the
         highest number when they differ), None to go on; a collective under torchrun."""
-        number = self.signal.value if self.signal is not None else 0
-        if dist.world_size > 1:
-            flag = torch.tensor([number], device=device)
-            torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
-            number = int(flag.item())
+        number = int(dist.reduce_scalar(self.signal.value if self.signal is not None else 0, "max", device))
         return signal.Signals(number).name if number else None

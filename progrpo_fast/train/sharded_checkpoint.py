@@ -44,6 +44,8 @@ from progrpo_fast.train.checkpoint import (
     _HashingWriter,
     _sha256_of,
     capture_rng_state,
+    check_keep_last,
+    check_step,
     describe_owner,
 )
 from progrpo_fast.train.resume_check import check_resume
@@ -117,8 +119,7 @@ class ShardedCheckpointStore:
     process does it all."""
 
     def __init__(self, directory: str | os.PathLike, keep_last: int = 3):
-        if not isinstance(keep_last, int) or isinstance(keep_last, bool) or keep_last < 1:
-            raise ValueError(f"keep_last must be an int >= 1, got {keep_last!r}")
+        check_keep_last(keep_last)
         self.directory, self.keep_last = Path(directory), keep_last
 
     def path(self, step: int) -> Path:
@@ -136,8 +137,7 @@ class ShardedCheckpointStore:
         """Writes the checkpoint of ``step``: ``tensors`` (nested dicts of tensors, DTensor shards
         included) with DCP, rank 0's ``shared`` and each rank's ``own`` state with torch.save; then
         commits it and prunes the oldest beyond ``keep_last``, never this one. Returns its path."""
-        if not isinstance(step, int) or isinstance(step, bool) or step < 0:
-            raise ValueError(f"step must be a non-negative int, got {step!r}")
+        check_step(step)
         rank, world = process_group()
         target = self.path(step)
         temporary = self._temporary_folder(target)
@@ -361,11 +361,11 @@ def load_trainer(store: ShardedCheckpointStore, step: int, trainer, run_id: str 
     if shared["trainable"] != trainer.parameter_names:
         raise ValueError(f"checkpoint {store.path(step)}: its trainable parameters do not match this model/config "
                          "(different LoRA targets or rank, or train.lora?)")
-    trainer.ema = [p.detach().clone().float() for p in trainer.parameters] if shared["ema"] else None
-    tensors = training_tensors(trainer.network, trainer.parameter_names, trainer.parameters, trainer.optimizer, trainer.ema)
+    saved_ema = trainer.fresh_ema() if shared["ema"] else None  # DCP loads the saved EMA into these, laid out like the weights
+    tensors = training_tensors(trainer.network, trainer.parameter_names, trainer.parameters, trainer.optimizer, saved_ema)
     store.load_tensors(step, tensors)
     set_optimizer_state_dict(trainer.network, trainer.optimizer, tensors["optimizer"])
-    trainer.ema = trainer.resumed_ema(trainer.ema)
+    trainer.ema = trainer.resumed_ema(saved_ema)
     trainer.restore_host_state(own["probe"], own["rng"], shared["iteration"])
 
 

@@ -91,6 +91,15 @@ class Distributed:
             torch.distributed.init_process_group(backend)
         return cls(int(os.environ.get("RANK", "0")), world, sharded=world > 1 and parallel == "fsdp")
 
+    def reduce_scalar(self, value: float, op: str, device) -> float:
+        """``value`` reduced over the ranks with ``op`` ("min" or "max"): one all-reduce with
+        several processes, so every rank takes the same branch on the result."""
+        if self.world_size == 1:
+            return value
+        tensor = torch.tensor([float(value)], device=device)
+        torch.distributed.all_reduce(tensor, op={"min": torch.distributed.ReduceOp.MIN, "max": torch.distributed.ReduceOp.MAX}[op])
+        return float(tensor.item())
+
     def average_(self, tensors) -> None:
         if self.world_size > 1:
             for t in tensors:
@@ -182,7 +191,7 @@ class Trainer:
             self.parameters = [p for p in self.network.parameters() if p.requires_grad]  # now sharded DTensors
         self.optimizer = torch.optim.AdamW(self.parameters, lr=train.lr, betas=tuple(train.adam_betas), eps=train.adam_eps,
                                            weight_decay=train.weight_decay)
-        self.ema = self._fresh_ema() if train.ema_decay else None
+        self.ema = self.fresh_ema() if train.ema_decay else None
         self.iteration = 0
 
     # ------------------------------------------------------------------ setup
@@ -304,15 +313,6 @@ class Trainer:
                                                                     for r in rollout.prune_log]).mean())
         return self._reduce(metrics)
 
-    def on_every_rank(self, flag: bool) -> bool:
-        """True when ``flag`` holds on every rank (one all-reduce with several processes), so all
-        ranks take the same branch."""
-        if self.dist.world_size == 1:
-            return flag
-        value = torch.tensor(float(flag), device=self.model.device)
-        self.dist.average_([value])
-        return bool(value == 1)
-
     @torch.no_grad()
     def _check_finite_update(self, stats: dict, rollout: Rollout, iteration: int) -> None:
         """DivergedError when the update's loss or gradient norm, the updated weights (each rank
@@ -325,7 +325,7 @@ class Trainer:
         with self.autocast():
             output = self.model.predict(x, self.sampler.stepper.timesteps[step], {name: value[row] for name, value in rollout.cond.items()})
         finite = math.isfinite(stats["loss"]) and math.isfinite(stats["grad_norm"]) and bool(ops.all_finite(*local, output))
-        if not self.on_every_rank(finite):
+        if not self.dist.reduce_scalar(finite, "min", self.model.device):  # not finite on some rank
             raise DivergedError(self.iteration, f"after the update (loss {stats['loss']:.3g}, gradient norm {stats['grad_norm']:.3g}) "
                                 "the weights or the network's output are not finite", self.config.train.lr)
 
@@ -428,7 +428,7 @@ class Trainer:
             kl = kl_to_reference(out.mean, reference.mean, out.std).mean()
         return StepTerms(loss + train.beta_kl * kl, loss, kl, ratio, clip_fraction, out.log_prob)
 
-    def _fresh_ema(self) -> list[torch.Tensor]:
+    def fresh_ema(self) -> list[torch.Tensor]:
         """An EMA that starts from the current trainable weights (fp32)."""
         return [p.detach().clone().float() for p in self.parameters]
 
@@ -470,18 +470,17 @@ class Trainer:
             for name, p in zip(self.parameter_names, self.parameters):
                 p.copy_(shard_like(saved[name], p))
         self._load_optimizer_state(state["optimizer"])
-        self.ema = self.resumed_ema(state["ema"])
+        saved_ema = None if state["ema"] is None else [shard_like(e, p) for e, p in zip(state["ema"], self.parameters)]
+        self.ema = self.resumed_ema(saved_ema)
         self.restore_host_state(state.get("probe"), state["rng"], state["iteration"])
 
     def resumed_ema(self, saved: list | None) -> list | None:
-        """The EMA after a resume: None when this config has EMA off (the checkpoint's, if any, is
-        dropped), the resumed weights when EMA is switched on at resume (``saved`` is None), else
-        ``saved`` (whole tensors, sharded like the parameters; or already in place)."""
+        """The EMA after a resume from the checkpoint's ``saved`` EMA (laid out like the
+        parameters; None: it has none): None when this config has EMA off (the saved one, if any,
+        is dropped), the resumed weights when EMA is switched on at resume, else ``saved``."""
         if self.config.train.ema_decay is None:
             return None
-        if saved is None:
-            return self._fresh_ema()
-        return [shard_like(e, p) for e, p in zip(saved, self.parameters)]
+        return self.fresh_ema() if saved is None else saved
 
     def restore_host_state(self, probe, rng: dict, iteration: int) -> None:
         """Restores the state a checkpoint keeps besides tensors: the pruning probe's (None:
