@@ -358,18 +358,41 @@ def test_select_methods_keeps_the_named_order_and_rejects_unknown_names():
         select_methods(methods, "naive-16,grpo")
 
 
-def test_default_run_benchmark_writes_per_seed_rows_with_standard_errors(tmp_path, capsys):
-    overrides = ["train.iterations=1", "sampler.prompts_per_iteration=1", "train.minibatch_rows=4", "log.eval_prompts=2",
-                 "log.eval_per_prompt=2", "log.eval_every=0", "prompts.pool=4"]
+def test_default_run_benchmark_writes_per_seed_curves_with_standard_errors(tmp_path, capsys):
+    overrides = ["train.iterations=2", "sampler.prompts_per_iteration=1", "train.minibatch_rows=4", "log.eval_prompts=2",
+                 "log.eval_per_prompt=2", "log.eval_every=1", "prompts.pool=4"]
     argv = ["default", "--seeds", "1", "--out", str(tmp_path), "--runs", str(tmp_path / "runs"), "--tag", "t"]
     assert bench_main([*argv, *(a for o in overrides for a in ("--set", o))]) == 0
     payload = json.loads((tmp_path / "default_run_t.json").read_text())
     (row,) = payload["rows"]
     assert {"seed", "pool_before", "pool_after", "heldout_before", "heldout_after", "heldout_change_se"} <= set(row) and row["seed"] == 0
     assert row["heldout_change"] == pytest.approx(row["heldout_after"] - row["heldout_before"]) and row["heldout_change_se"] >= 0
-    assert payload["summary"]["heldout_change_mean"] == pytest.approx(row["heldout_change"])
+    assert [p["iteration"] for p in row["curve"]] == [0, 1, 2]  # before, every log.eval_every, after
+    assert all(p["heldout_se"] >= 0 and p["pool_se"] >= 0 for p in row["curve"])
+    assert row["heldout_after"] == row["curve"][-1]["heldout"] and row["heldout_best"] == max(p["heldout"] for p in row["curve"])
+    assert payload["summary"]["heldout_gain"] == pytest.approx(row["heldout_change"]) and payload["summary"]["iterations"] == [0, 1, 2]
+    assert (tmp_path / "default_run_t.png").stat().st_size > 0 and "heldout: gain" in capsys.readouterr().out
     with pytest.raises(ValueError, match="needs prompts.pool > 0"):
         bench_main(["default", "--out", str(tmp_path), "--set", "prompts.pool=0"])
+
+
+def test_default_run_summary_says_whether_the_mean_curve_rises_and_holds():
+    from progrpo_fast.bench.default_run import across_seeds
+
+    def rows(curves):
+        return [{"seed": seed, "curve": [{"iteration": 10 * i, "pool": r, "heldout": r} for i, r in enumerate(c)]}
+                for seed, c in enumerate(curves)]
+
+    rising = across_seeds(rows([[0.40, 0.45, 0.50], [0.41, 0.47, 0.52], [0.39, 0.44, 0.49]]))
+    assert rising["heldout_rises"] and rising["heldout_holds"] and rising["heldout_best_iteration"] == 20
+    assert rising["heldout_gain"] == pytest.approx(0.31 / 3) and rising["heldout_decay"] == 0.0
+    decaying = across_seeds(rows([[0.40, 0.50, 0.46], [0.41, 0.52, 0.47], [0.39, 0.49, 0.45]]))
+    assert decaying["heldout_rises"] and not decaying["heldout_holds"] and decaying["heldout_best_iteration"] == 10
+    assert decaying["heldout_decay"] == pytest.approx(-0.0433, abs=1e-4)
+    flat = across_seeds(rows([[0.40, 0.40, 0.41], [0.42, 0.44, 0.40], [0.39, 0.38, 0.40]]))
+    assert not flat["heldout_rises"]
+    with pytest.raises(ValueError, match="evaluation iterations differ"):
+        across_seeds(rows([[0.4, 0.5], [0.4, 0.5, 0.6]]))
 
 
 def test_results_added_by_two_processes_under_the_lock_are_all_kept(tmp_path):

@@ -243,6 +243,24 @@ def test_resume_reproduces_the_uninterrupted_run(tmp_path):
     assert [line.split('"sample_s"')[0] for line in logs[0]] == [line.split('"sample_s"')[0] for line in logs[1]]
 
 
+def test_cosine_lr_follows_its_formula_per_iteration_and_a_resumed_run_continues_it(tmp_path):
+    import math
+
+    cosine = ["train.lr_schedule=cosine", "log.eval_prompts=0"]
+    train(config(tmp_path / "full", "train.iterations=3", *cosine), model=model(), reward=Brightness())
+    train(config(tmp_path / "split", "train.iterations=1", *cosine), model=model(), reward=Brightness())
+    train(config(tmp_path / "split", "train.iterations=3", *cosine), resume=True, model=model(), reward=Brightness())
+    expected = [1e-2 * (1 + math.cos(math.pi * i / 3)) / 2 for i in range(3)]
+    for run in ("full", "split"):
+        logged = [json.loads(line)["lr"] for line in (tmp_path / run / "log.jsonl").read_text().splitlines()]
+        assert logged == pytest.approx(expected, rel=1e-12), run
+    (_, full), (_, split) = trainable(tmp_path / "full"), trainable(tmp_path / "split")
+    assert all(torch.equal(full[name], split[name]) for name in full)
+    constant = train(config(tmp_path / "constant", "train.iterations=2", "train.lr_schedule=constant", "log.eval_prompts=0"),
+                     model=model(), reward=Brightness())
+    assert [h["lr"] for h in constant["history"]] == [1e-2, 1e-2]
+
+
 def test_a_corrupted_newest_checkpoint_falls_back_to_the_previous(tmp_path):
     train(config(tmp_path, "train.iterations=2"), model=model(), reward=Brightness())
     newest = tmp_path / "checkpoints" / "step-00000002.pt"

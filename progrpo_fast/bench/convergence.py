@@ -186,7 +186,7 @@ def plot(rows: list[dict], methods: list[str], summary: list[dict], path: Path) 
 
 def add_arguments(parser) -> None:
     add_paired_arguments(parser, "naive-G, naive-G/4, static-ovf, pro-grpo-reward, pro-grpo-hidden, pro-grpo-reward-2g",
-                         seeds=16, budget=120, evaluations=12)
+                         seeds=16, budget=60, evaluations=12)
 
 
 def run(args, command: str, tag: str) -> Path:

@@ -81,10 +81,12 @@ def select_methods(methods: list[Method], names: str | None) -> list[Method]:
 
 
 def method_config(base: str | None, method: Method, overrides=()):
-    """The config of ``method``: the base, the overrides, then the method's own keys (which win)."""
+    """The config of ``method``: the base with a constant learning rate (a decaying one would shape
+    each method's curve by its own iteration count, i.e. by the budget), the overrides, then the
+    method's own keys (which win)."""
     from progrpo_fast.train.config import load_config
 
-    return load_config(base, [*overrides, *method.overrides()])
+    return load_config(base, ["train.lr_schedule=constant", *overrides, *method.overrides()])
 
 
 def build_trainer(config):

@@ -214,7 +214,9 @@ class TrainConfig:
 
     iterations: training iterations (one rollout + update each).
     seed: seeds prompts, sampling noise, trained steps and minibatch order per iteration.
-    lr: AdamW learning rate.
+    lr: AdamW learning rate (the peak of lr_schedule).
+    lr_schedule: "constant" (lr every iteration) or "cosine": lr * (1 + cos(pi * i / iterations)) / 2 at
+        iteration i, from lr at 0 towards 0 at train.iterations, so the last updates are small steps.
     weight_decay: AdamW weight decay.
     adam_betas: AdamW (beta1, beta2).
     adam_eps: AdamW epsilon.
@@ -253,6 +255,7 @@ class TrainConfig:
     iterations: int = option(120, at_least(1))
     seed: int = option(0, non_negative())
     lr: float = option(1e-3, positive())
+    lr_schedule: Literal["constant", "cosine"] = option("cosine")
     weight_decay: float = option(1e-4, non_negative())
     adam_betas: tuple[float, float] = option((0.9, 0.999), (lambda v: all(0 <= b < 1 for b in v), "two values in [0, 1)"))
     adam_eps: float = option(1e-8, positive())
@@ -301,9 +304,9 @@ class LogConfig:
     tensorboard: bool = option(False)
     wandb: bool = option(False)
     progress: bool = option(True)
-    eval_prompts: int = option(96, at_least(0))
+    eval_prompts: int = option(64, at_least(0))
     eval_per_prompt: int = option(8, at_least(1))
-    eval_every: int = option(60, at_least(0))
+    eval_every: int = option(10, at_least(0))
 
 
 @dataclass

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from progrpo_fast.train.build import build_model, build_prompts, build_reward
 from progrpo_fast.train.determinism import make_deterministic
-from progrpo_fast.train.evaluate import evaluation_summary, evaluations
+from progrpo_fast.train.evaluate import evaluation_summary, evaluations, standard_error
 from progrpo_fast.train.graceful_stop import GracefulStop
 from progrpo_fast.train.report import evaluation_curves, plot_reward_curve, save_before_after, trajectory_step_savings
 from progrpo_fast.train.resume_check import apply_optimizer_settings
@@ -126,6 +126,7 @@ def run_in(folder: RunFolder, config, dist: Distributed, model, reward) -> dict:
                     and stopped_by is None):  # the last: eval_after
                 for key, result in evaluations(config, model, reward, trainer.step_context).items():
                     metrics["eval_reward" + key] = result["reward_mean"]
+                    metrics[f"eval_reward{key}_se"] = standard_error(result["rewards"].mean(1))  # over the prompts
             history.append(metrics)
             due = (trainer.iteration % config.log.checkpoint_every == 0 or trainer.iteration == config.train.iterations
                    or stopped_by is not None)

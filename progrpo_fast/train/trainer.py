@@ -281,7 +281,18 @@ class Trainer:
             advantages = group_advantages(weighted, group, std=train.adv_std, clip=train.adv_clip)
         return rollout, components, weighted, advantages, timings
 
+    def learning_rate(self, iteration: int) -> float:
+        """train.lr at ``iteration`` under train.lr_schedule (constant, or cosine from lr to 0 over
+        train.iterations): a function of the iteration alone, so a resumed run continues it."""
+        train = self.config.train
+        if train.lr_schedule == "constant":
+            return train.lr
+        return train.lr * 0.5 * (1.0 + math.cos(math.pi * min(iteration / train.iterations, 1.0)))
+
     def train_iteration(self) -> dict:
+        lr = self.learning_rate(self.iteration)
+        for param_group in self.optimizer.param_groups:
+            param_group["lr"] = lr
         rollout, components, weighted, advantages, timings = self.rollout(self.iteration)
         iteration, group, device = self.iteration, rollout.group_size, self.model.device
         probe_report = self.proxy.observe(rollout, weighted)
@@ -298,6 +309,7 @@ class Trainer:
         kept_var = weighted.view(-1, group).var(1, unbiased=False).mean()
         metrics = {
             "iteration": iteration,
+            "lr": lr,
             "reward_mean": float(weighted.mean()),
             "reward_std": float(weighted.std(unbiased=False)),
             "kept_group_reward_var": float(kept_var),
