@@ -55,6 +55,13 @@ def test_area_weights_integrate_the_piecewise_linear_curve_up_to_the_cut():
     assert float(torch.ones(4, dtype=torch.float64) @ convergence.area_weights(tflops, 1.5)) == pytest.approx(1.5)
 
 
+def test_interpolation_weights_read_the_curve_between_and_at_its_points():
+    tflops = torch.tensor([0.0, 1.0, 2.0, 4.0], dtype=torch.float64)
+    curve = torch.tensor([0.0, 2.0, 3.0, 7.0], dtype=torch.float64)
+    assert [float(curve @ convergence.interpolation_weights(tflops, at)) for at in (0.0, 0.5, 1.0, 3.0, 4.0)] == pytest.approx(
+        [0.0, 1.0, 2.0, 5.0, 7.0])
+
+
 def test_a_method_twice_as_fast_has_speed_up_two_at_every_threshold():
     """The same per-seed curves at half the TFLOPs per evaluation: every crossing of every resample
     is at half the compute, so the speed-up is 2 and so are both CI bounds."""
@@ -65,7 +72,9 @@ def test_a_method_twice_as_fast_has_speed_up_two_at_every_threshold():
         assert fast[key] == pytest.approx(2.0) and fast[f"{key}_ci_low"] == pytest.approx(2.0) == fast[f"{key}_ci_high"]
         assert fast[f"tflops_to_{convergence.percent(q)}"] == pytest.approx(fast[f"reference_tflops_to_{convergence.percent(q)}"] / 2)
     naive = by_method(convergence.summarize(rows, ["naive", "fast"], draws=300))["naive"]
-    assert naive["speedup_50"] == 1.0 and naive["area_per_tflop_minus_reference"] == 0.0
+    assert naive["speedup_50"] == 1.0 and naive["area_per_tflop_minus_reference"] == 0.0 == naive["reward_at_end_minus_reference"]
+    # the common range ends at fast's last evaluation (6 TFLOPs): fast has its full gain there, naive 3 of its 4 steps
+    assert fast["reward_at_end_minus_reference"] == pytest.approx(sum(SLOPES) / len(SLOPES))
     # the best seed-mean gain: mean slope x 4 evaluations; the 50% level sits halfway up
     assert naive["target_50"] == pytest.approx(0.4 + 0.5 * 4 * sum(SLOPES) / len(SLOPES))
 
@@ -79,6 +88,8 @@ def test_an_unreached_threshold_is_inf_compute_and_zero_speed_up():
         assert short[f"tflops_to_{q}"] == math.inf and short[f"speedup_{q}"] == 0.0 and short[f"speedup_{q}_text"].startswith("never")
         assert short[f"speedup_{q}_ci_low"] == 0.0
     assert short["area_per_tflop_minus_reference"] < 0 and short["area_per_tflop_minus_reference_ci_high"] < 0
+    assert short["reward_at_end_minus_reference"] == pytest.approx(-0.4 * 4 * sum(SLOPES) / len(SLOPES))
+    assert short["reward_at_end_minus_reference_ci_high"] < 0
 
 
 def test_a_reference_that_never_gains_defines_no_levels():
@@ -98,7 +109,8 @@ def test_per_seed_offsets_shared_by_both_methods_cancel_in_the_paired_bootstrap(
               + rows_of("pro", [[r + 0.002 * i for i, r in enumerate(c)] for c in rising(offsets)], 1.5))
     mismatched = (rows_of("naive", rising(offsets), 2.0)
                   + rows_of("pro", [[r + 0.002 * i for i, r in enumerate(c)] for c in rising(offsets[::-1])], 1.5))
-    keys = ["speedup_25", "speedup_50_ci_low", "speedup_50_ci_high", "speedup_90", "area_per_tflop_minus_reference_ci_low"]
+    keys = ["speedup_25", "speedup_50_ci_low", "speedup_50_ci_high", "speedup_90", "area_per_tflop_minus_reference_ci_low",
+            "reward_at_end_minus_reference", "reward_at_end_minus_reference_ci_high"]
     first, second = (by_method(convergence.summarize(rows, ["naive", "pro"], draws=500))["pro"] for rows in (plain, shared))
     assert [second[k] for k in keys] == pytest.approx([first[k] for k in keys])
     unpaired = by_method(convergence.summarize(mismatched, ["naive", "pro"], draws=500))["pro"]

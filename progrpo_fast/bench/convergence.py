@@ -20,6 +20,7 @@ r(c) (reward against TFLOPs c, linear between evaluations):
     c_m(q)  = the first c with r_m(c) = level_q             inf when the curve never reaches it
     speed-up(q) = c_ref(q) / c_m(q)                         0 when the method never reaches it
     area per TFLOP = (1 / C) * integral_0^C (r_m(c) - r_m(0)) dc,  C = the smallest final TFLOPs of all methods
+    end - reference = r_m(C) - r_ref(C)                     where each stands at the end of the common range
 
 with paired percentile-bootstrap 95% CIs over seeds: each draw resamples seed indices once for both
 methods, and recomputes both mean curves, the levels and the crossings (draws where the reference
@@ -50,7 +51,8 @@ def percent(q: float) -> int:
 
 SUMMARY_COLUMNS = {"method": "method", "seeds": "paired seeds", "reward_start": "reward at 0", "reward_best": "best (seed mean)",
                    "eval_se": "eval SE", **{f"speedup_{percent(q)}_text": f"speed-up to {percent(q)}% [95% CI]" for q in THRESHOLDS},
-                   "area_per_tflop": "area / TFLOP (mean gain)", "area_per_tflop_minus_reference_text": "- reference [95% CI]"}
+                   "area_per_tflop": "area / TFLOP (mean gain)", "area_per_tflop_minus_reference_text": "- reference [95% CI]",
+                   "reward_at_end": "reward at the end", "reward_at_end_minus_reference_text": "end - reference [95% CI]"}
 
 
 def default_methods(base: str | None, overrides=()) -> list[Method]:
@@ -101,15 +103,26 @@ def area_weights(tflops: torch.Tensor, upto: float) -> torch.Tensor:
     return weights
 
 
+def interpolation_weights(tflops: torch.Tensor, at: float) -> torch.Tensor:
+    """w (E,) with curve @ w = the piecewise-linear curve over ``tflops`` at ``at`` (within its range)."""
+    weights = torch.zeros_like(tflops)
+    i = min(int(torch.searchsorted(tflops, torch.tensor(at, dtype=tflops.dtype), right=True)) - 1, len(tflops) - 2)
+    a = (at - float(tflops[i])) / float(tflops[i + 1] - tflops[i])
+    weights[i], weights[i + 1] = 1 - a, a
+    return weights
+
+
 def paired_statistics(reference: torch.Tensor, reference_tflops: torch.Tensor, own: torch.Tensor, own_tflops: torch.Tensor,
                       upto: float) -> dict[str, torch.Tensor]:
     """The module docstring's statistics of mean curves (D, E) of the reference and a method (row d:
     the means over one draw of seeds), each (D,): per threshold q its level, both crossings and the
-    speed-up (NaN where the reference does not gain), and both areas per TFLOP."""
+    speed-up (NaN where the reference does not gain), both areas per TFLOP and both rewards at ``upto``."""
     start = reference[:, 0]
     gain = reference.max(1).values - start
     out = {"area_per_tflop": (own - own[:, :1]) @ area_weights(own_tflops, upto) / upto,
-           "reference_area_per_tflop": (reference - reference[:, :1]) @ area_weights(reference_tflops, upto) / upto}
+           "reference_area_per_tflop": (reference - reference[:, :1]) @ area_weights(reference_tflops, upto) / upto,
+           "reward_at_end": own @ interpolation_weights(own_tflops, upto),
+           "reference_reward_at_end": reference @ interpolation_weights(reference_tflops, upto)}
     for q in THRESHOLDS:
         level = start + q * gain
         theirs, mine = reach(reference, reference_tflops, level), reach(own, own_tflops, level)
@@ -153,11 +166,12 @@ def summarize(rows: list[dict], methods: list[str], draws: int = 10000) -> list[
             row.update({k: float(stats[k][0]) for k in (f"target_{percent(q)}", f"reference_tflops_to_{percent(q)}",
                                                        f"tflops_to_{percent(q)}", key)})
             row.update({f"{key}_ci_low": low, f"{key}_ci_high": high, f"{key}_text": speedup_text(row[key], low, high)})
-        difference = stats["area_per_tflop"] - stats["reference_area_per_tflop"]
-        low, high = percentile_interval(difference[1:].tolist())
-        row.update({"area_per_tflop": float(stats["area_per_tflop"][0]), "area_per_tflop_minus_reference": float(difference[0]),
-                    "area_per_tflop_minus_reference_ci_low": low, "area_per_tflop_minus_reference_ci_high": high,
-                    "area_per_tflop_minus_reference_text": f"{float(difference[0]):+.4f} [{low:+.4f}, {high:+.4f}]"})
+        for key in ("area_per_tflop", "reward_at_end"):
+            difference = stats[key] - stats[f"reference_{key}"]
+            low, high = percentile_interval(difference[1:].tolist())
+            row.update({key: float(stats[key][0]), f"{key}_minus_reference": float(difference[0]),
+                        f"{key}_minus_reference_ci_low": low, f"{key}_minus_reference_ci_high": high,
+                        f"{key}_minus_reference_text": f"{float(difference[0]):+.4f} [{low:+.4f}, {high:+.4f}]"})
         summary.append(row)
     return summary
 
