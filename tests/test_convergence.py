@@ -117,6 +117,24 @@ def test_per_seed_offsets_shared_by_both_methods_cancel_in_the_paired_bootstrap(
     assert unpaired["speedup_50_ci_high"] - unpaired["speedup_50_ci_low"] > 2 * (first["speedup_50_ci_high"] - first["speedup_50_ci_low"])
 
 
+def test_paired_differences_read_the_method_at_the_references_points_per_seed():
+    """fast (1 TFLOP per evaluation) minus naive (2), per seed s with slope k_s: at c = 0, 2, 4, 6
+    fast stands at k_s * min(c, 4), naive at k_s * c / 2, so the difference is k_s * (0, 1, 2, 1);
+    per-seed offsets shared by both cancel."""
+    offsets = [0.3, -0.2, 0.25, -0.1, 0.15, -0.3]
+    rows = rows_of("naive", rising(offsets), 2.0) + rows_of("fast", rising(offsets), 1.0)
+    grid, differences = convergence.paired_differences(rows, "fast", "naive", upto=6.0)
+    assert grid.tolist() == [0.0, 2.0, 4.0, 6.0]
+    expected = torch.tensor([[k * d for d in (0, 1, 2, 1)] for k in SLOPES], dtype=torch.float64)
+    torch.testing.assert_close(differences, expected)
+    centre, low, high = convergence.band(differences)
+    assert centre[2] == pytest.approx(2 * sum(SLOPES) / len(SLOPES)) and low[2] < centre[2] < high[2]
+    grid, differences = convergence.paired_differences(rows, "fast", "naive", upto=5.0)  # the end between two points
+    assert grid.tolist() == [0.0, 2.0, 4.0, 5.0] and differences[:, -1].tolist() == pytest.approx([1.5 * k for k in SLOPES])
+    end = by_method(convergence.summarize(rows, ["naive", "fast"], draws=10))["fast"]["reward_at_end_minus_reference"]
+    assert float(convergence.paired_differences(rows, "fast", "naive", upto=6.0)[1][:, -1].mean()) == pytest.approx(end)
+
+
 def test_cli_run_writes_the_table_and_resumes(tmp_path, capsys):
     """2 methods x 2 seeds x 2 iterations on the shapes model, tiny evaluation; a rerun trains nothing."""
     argv = ["convergence", "--methods", "naive-8,pro-grpo-reward", "--seeds", "2", "--budget", "2", "--evaluations", "2",

@@ -112,6 +112,21 @@ def interpolation_weights(tflops: torch.Tensor, at: float) -> torch.Tensor:
     return weights
 
 
+def paired_differences(rows: list[dict], method: str, reference: str, upto: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """(the reference's evaluation TFLOPs below ``upto``, then ``upto`` (K,), r_method(c) - r_reference(c)
+    per paired seed (S, K)): both curves read at those points, each linear between its evaluations."""
+    seeds, tflops, rewards = seed_curves(rows, method)
+    ref_seeds, ref_tflops, ref_rewards = seed_curves(rows, reference)
+    paired = sorted(set(seeds) & set(ref_seeds))
+    grid = torch.cat([ref_tflops[ref_tflops < upto], torch.tensor([upto], dtype=ref_tflops.dtype)])
+
+    def read(curves: torch.Tensor, at: torch.Tensor) -> torch.Tensor:
+        return curves @ torch.stack([interpolation_weights(at, float(c)) for c in grid], 1)
+
+    own, ref = rewards[[seeds.index(s) for s in paired]], ref_rewards[[ref_seeds.index(s) for s in paired]]
+    return grid, read(own, tflops) - read(ref, ref_tflops)
+
+
 def paired_statistics(reference: torch.Tensor, reference_tflops: torch.Tensor, own: torch.Tensor, own_tflops: torch.Tensor,
                       upto: float) -> dict[str, torch.Tensor]:
     """The module docstring's statistics of mean curves (D, E) of the reference and a method (row d:
@@ -176,25 +191,41 @@ def summarize(rows: list[dict], methods: list[str], draws: int = 10000) -> list[
     return summary
 
 
+def band(samples: torch.Tensor) -> tuple[list[float], list[float], list[float]]:
+    """Mean over the rows of ``samples`` (S, E) and its 95% band, mean +- 1.96 standard errors."""
+    centre = samples.mean(0)
+    half = 1.96 * samples.std(0) / math.sqrt(len(samples)) if len(samples) > 1 else torch.zeros_like(centre)
+    return centre.tolist(), (centre - half).tolist(), (centre + half).tolist()
+
+
 def plot(rows: list[dict], methods: list[str], summary: list[dict], path: Path) -> Path:
-    """Each method's seed-mean curve against TFLOPs with its 95% band (mean +- 1.96 standard errors
-    over seeds), and the reference's threshold levels as dotted lines."""
+    """Top: each method's seed-mean curve against TFLOPs with its 95% band (mean +- 1.96 standard
+    errors over seeds) and the reference's threshold levels as dotted lines. Bottom: each method minus
+    the reference, paired per seed, with its 95% band: where it clears 0 the difference is resolved."""
     plt = pyplot()
-    fig, ax = plt.subplots(figsize=(7.5, 4.2))
+    fig, (top, bottom) = plt.subplots(2, 1, figsize=(7.5, 7.0), sharex=True, height_ratios=(3, 2))
+    upto = summary[0]["tflops_range"]
     for i, name in enumerate(methods):
         seeds, tflops, rewards = seed_curves(rows, name)
-        centre = rewards.mean(0)
-        half = 1.96 * rewards.std(0) / math.sqrt(len(seeds)) if len(seeds) > 1 else torch.zeros_like(centre)
-        ax.plot(tflops.tolist(), centre.tolist(), color=f"C{i}", lw=2, label=f"{name} ({len(seeds)} seeds)")
-        ax.fill_between(tflops.tolist(), (centre - half).tolist(), (centre + half).tolist(), color=f"C{i}", alpha=0.15, lw=0)
+        centre, low, high = band(rewards)
+        top.plot(tflops.tolist(), centre, color=f"C{i}", lw=2, label=f"{name} ({len(seeds)} seeds)")
+        top.fill_between(tflops.tolist(), low, high, color=f"C{i}", alpha=0.12, lw=0)
+        if i:
+            grid, differences = paired_differences(rows, name, methods[0], upto)
+            centre, low, high = band(differences)
+            bottom.plot(grid.tolist(), centre, color=f"C{i}", lw=2)
+            bottom.fill_between(grid.tolist(), low, high, color=f"C{i}", alpha=0.12, lw=0)
     reference = summary[0]
     for q in THRESHOLDS:
-        ax.axhline(reference[f"target_{percent(q)}"], color="grey", ls=":", lw=0.8)
-        ax.annotate(f"{percent(q)}%", (0, reference[f"target_{percent(q)}"]), fontsize=7, color="grey", va="bottom")
-    ax.set_xlabel("training compute (TFLOPs, cost model)")
-    ax.set_ylabel(f"held-out reward (seed mean, 95% band)\ndotted: 25-90% of {methods[0]}'s gain")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=7)
+        top.axhline(reference[f"target_{percent(q)}"], color="grey", ls=":", lw=0.8)
+        top.annotate(f"{percent(q)}%", (0, reference[f"target_{percent(q)}"]), fontsize=7, color="grey", va="bottom")
+    bottom.axhline(0.0, color="C0", lw=1)
+    top.set_ylabel(f"held-out reward (seed mean, 95% band)\ndotted: 25-90% of {methods[0]}'s gain")
+    bottom.set_ylabel(f"minus {methods[0]}, paired\n(seed mean, 95% band)")
+    bottom.set_xlabel("training compute (TFLOPs, cost model)")
+    for ax in (top, bottom):
+        ax.grid(alpha=0.3)
+    top.legend(fontsize=7)
     return save_figure(fig, path)
 
 
