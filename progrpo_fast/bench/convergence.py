@@ -210,8 +210,8 @@ def plot(rows: list[dict], methods: list[str], summary: list[dict], path: Path) 
         centre, low, high = band(rewards)
         top.plot(tflops.tolist(), centre, color=f"C{i}", lw=2, label=f"{name} ({len(seeds)} seeds)")
         top.fill_between(tflops.tolist(), low, high, color=f"C{i}", alpha=0.12, lw=0)
-        if i:
-            grid, differences = paired_differences(rows, name, methods[0], upto)
+        grid, differences = paired_differences(rows, name, methods[0], upto)
+        if i and len(differences):  # a method with no seed paired with the reference has no difference curve
             centre, low, high = band(differences)
             bottom.plot(grid.tolist(), centre, color=f"C{i}", lw=2)
             bottom.fill_between(grid.tolist(), low, high, color=f"C{i}", alpha=0.12, lw=0)
