@@ -112,18 +112,25 @@ def interpolation_weights(tflops: torch.Tensor, at: float) -> torch.Tensor:
     return weights
 
 
+def paired_rows(own: tuple, reference: tuple) -> tuple[list[int], torch.Tensor, torch.Tensor]:
+    """From two seed_curves results: the seeds both finished and each one's eval rewards on them,
+    (S, E) and (S, E_reference), row s of both from the same seed."""
+    (seeds, _, rewards), (ref_seeds, _, ref_rewards) = own, reference
+    paired = sorted(set(seeds) & set(ref_seeds))
+    return paired, rewards[[seeds.index(s) for s in paired]], ref_rewards[[ref_seeds.index(s) for s in paired]]
+
+
 def paired_differences(rows: list[dict], method: str, reference: str, upto: float) -> tuple[torch.Tensor, torch.Tensor]:
     """(the reference's evaluation TFLOPs below ``upto``, then ``upto`` (K,), r_method(c) - r_reference(c)
     per paired seed (S, K)): both curves read at those points, each linear between its evaluations."""
-    seeds, tflops, rewards = seed_curves(rows, method)
-    ref_seeds, ref_tflops, ref_rewards = seed_curves(rows, reference)
-    paired = sorted(set(seeds) & set(ref_seeds))
+    own_curves, ref_curves = seed_curves(rows, method), seed_curves(rows, reference)
+    tflops, ref_tflops = own_curves[1], ref_curves[1]
+    _, own, ref = paired_rows(own_curves, ref_curves)
     grid = torch.cat([ref_tflops[ref_tflops < upto], torch.tensor([upto], dtype=ref_tflops.dtype)])
 
     def read(curves: torch.Tensor, at: torch.Tensor) -> torch.Tensor:
         return curves @ torch.stack([interpolation_weights(at, float(c)) for c in grid], 1)
 
-    own, ref = rewards[[seeds.index(s) for s in paired]], ref_rewards[[ref_seeds.index(s) for s in paired]]
     return grid, read(own, tflops) - read(ref, ref_tflops)
 
 
@@ -160,15 +167,15 @@ def summarize(rows: list[dict], methods: list[str], draws: int = 10000) -> list[
     while the reference has no finished seed."""
     if not curves(rows, methods[0]):
         return []
-    ref_seeds, ref_tflops, ref_rewards = seed_curves(rows, methods[0])
-    upto = min(float(seed_curves(rows, name)[1][-1]) for name in methods)
+    per_method = {name: seed_curves(rows, name) for name in methods}
+    ref_tflops = per_method[methods[0]][1]
+    upto = min(float(tflops[-1]) for _, tflops, _ in per_method.values())
     summary = []
     for name in methods:
-        seeds, tflops, rewards = seed_curves(rows, name)
-        paired = sorted(set(seeds) & set(ref_seeds))
+        tflops = per_method[name][1]
+        paired, own, reference = paired_rows(per_method[name], per_method[methods[0]])
         if not paired:
             continue
-        own, reference = rewards[[seeds.index(s) for s in paired]], ref_rewards[[ref_seeds.index(s) for s in paired]]
         picks = torch.cat([torch.arange(len(paired))[None], bootstrap_picks(len(paired), draws)])  # row 0: the seeds themselves
         stats = paired_statistics(reference[picks].mean(1), ref_tflops, own[picks].mean(1), tflops, upto)
         curve = own.mean(0)
@@ -210,8 +217,10 @@ def plot(rows: list[dict], methods: list[str], summary: list[dict], path: Path) 
         centre, low, high = band(rewards)
         top.plot(tflops.tolist(), centre, color=f"C{i}", lw=2, label=f"{name} ({len(seeds)} seeds)")
         top.fill_between(tflops.tolist(), low, high, color=f"C{i}", alpha=0.12, lw=0)
+        if not i:
+            continue
         grid, differences = paired_differences(rows, name, methods[0], upto)
-        if i and len(differences):  # a method with no seed paired with the reference has no difference curve
+        if len(differences):  # a method with no seed paired with the reference has no difference curve
             centre, low, high = band(differences)
             bottom.plot(grid.tolist(), centre, color=f"C{i}", lw=2)
             bottom.fill_between(grid.tolist(), low, high, color=f"C{i}", alpha=0.12, lw=0)
